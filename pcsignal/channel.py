@@ -1,0 +1,343 @@
+"""
+The signaling channel: members, mailboxes, parked waits and liveness.
+
+No HTTP here.  The web layer turns requests into calls on an IChannel and
+Deferred results into responses, so another implementation (Redis-backed,
+for several server processes) can replace MemoryChannel without touching the
+resources.
+
+Every operation is O(1) in the number of peers, except the two that are
+O(peers) by nature: the sign-in answer (it lists everyone) and the
+sign-in/sign-out notifications (everyone gets one).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import Attribute, Interface, implementer
+
+from pcsignal import logs, protocol
+
+
+class ChannelError(Exception):
+    """A request the channel refuses; str() is the text sent to the client."""
+
+
+class UnknownPeer(ChannelError):
+    def __init__(self, peer_id=None):
+        super().__init__("Peer most likely gone.")
+        self.peer_id = peer_id
+
+
+class ServerFull(ChannelError):
+    def __init__(self, max_peers):
+        super().__init__("Server full: %d peers signed in, try again later." % (max_peers,))
+
+
+class MailboxFull(ChannelError):
+    def __init__(self, peer_id, max_queue):
+        super().__init__(
+            "Mailbox of peer %d is full (%d items); message not queued, retry later."
+            % (peer_id, max_queue)
+        )
+
+
+class ShuttingDown(ChannelError):
+    def __init__(self):
+        super().__init__("Server shutting down.")
+
+
+class WaitReplaced(ChannelError):
+    def __init__(self):
+        super().__init__("Replaced by a newer /wait for this peer.")
+
+
+@dataclass(frozen=True)
+class Item:
+    """
+    One mailbox item, delivered as one /wait answer.
+
+    ``pragma`` is what goes in the Pragma header: the receiver's own id for a
+    notification, the sender's id for a message.
+    """
+
+    pragma: int
+    body: bytes
+    content_type: Optional[bytes]
+    notification: bool
+
+
+class IChannel(Interface):
+    """
+    The signaling state behind the HTTP resources.
+
+    Every method returns a Deferred; failures are ChannelError subclasses
+    whose text is meant for the client.
+    """
+
+    peer_count = Attribute("Number of signed-in peers.")
+    waiting_count = Attribute("Number of parked waits.")
+    queued_count = Attribute("Number of items in all mailboxes.")
+
+    def sign_in(raw_name: bytes) -> Deferred:
+        """
+        Add a peer.  Fires with (peer_id, body) where body is the peer list,
+        the new peer first.  Every other peer is notified.
+        """
+
+    def sign_out(peer_id: int) -> Deferred:
+        """Remove a peer; everyone else is notified."""
+
+    def check(peer_id: int) -> Deferred:
+        """Fire with None if the peer is signed in, fail with UnknownPeer if not."""
+
+    def post(from_id: int, to_id: int, content_type: Optional[bytes], body: bytes) -> Deferred:
+        """Queue a message for to_id (or hand it to its parked wait)."""
+
+    def wait(peer_id: int) -> Deferred:
+        """
+        Fire with the peer's oldest Item, at once or when one arrives.
+        Cancelling the Deferred un-parks the wait without consuming an item.
+        """
+
+    def close() -> Deferred:
+        """Answer every parked wait with ShuttingDown and stop all timers."""
+
+
+class _Member:
+    __slots__ = ("peer_id", "name", "entry", "mailbox", "waiter", "timeout")
+
+    def __init__(self, peer_id: int, name: str):
+        self.peer_id = peer_id
+        self.name = name
+        self.entry = protocol.format_entry(name, peer_id, True)
+        self.mailbox: deque[Item] = deque()
+        self.waiter: Optional[Deferred] = None
+        self.timeout = None  # IDelayedCall while no wait is parked
+
+
+def random_ids(rng=None) -> Callable[[], int]:
+    """Unpredictable ids in 1..2**31-1, so a stranger cannot guess one."""
+    rng = rng or random.SystemRandom()
+    return lambda: rng.randint(1, protocol.MAX_PEER_ID)
+
+
+def sequential_ids() -> Callable[[], int]:
+    """The reference server's numbering: 1, 2, 3, ..."""
+    counter = iter(range(1, protocol.MAX_PEER_ID + 1))
+    return lambda: next(counter)
+
+
+@implementer(IChannel)
+class MemoryChannel:
+    """
+    All state in this process's memory.
+
+    A member either has a parked wait, or a liveness timer running: a peer
+    whose wait has not been re-issued within ``peer_timeout`` seconds is
+    dropped exactly as if it had signed out.
+    """
+
+    log = logs.logger('pcsignal.channel')
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        peer_timeout: float = 30.0,
+        max_peers: int = 10000,
+        max_queue: int = 1000,
+        new_id: Optional[Callable[[], int]] = None,
+        metrics=None,
+    ):
+        self._clock = clock
+        self._peer_timeout = peer_timeout
+        self._max_peers = max_peers
+        self._max_queue = max_queue
+        self._new_id = new_id or random_ids()
+        self._members: dict[int, _Member] = {}  # insertion order = sign-in order
+        self.metrics = metrics
+        self.waiting_count = 0
+        self.queued_count = 0
+        self._closed = False
+
+    @property
+    def peer_count(self) -> int:
+        return len(self._members)
+
+    # -- IChannel ---------------------------------------------------------------
+
+    def sign_in(self, raw_name: bytes) -> Deferred:
+        if self._closed:
+            return fail(ShuttingDown())
+        if len(self._members) >= self._max_peers:
+            self._count_rejection("server_full")
+            return fail(ServerFull(self._max_peers))
+        peer_id = self._allocate_id()
+        member = _Member(peer_id, protocol.clean_name(raw_name, peer_id))
+        body = b"".join([member.entry] + [m.entry for m in self._members.values()])
+        dropped = self._notify_all(member.entry)
+        self._members[peer_id] = member
+        self._arm_timeout(member)
+        self._drop_slow(dropped)
+        self.log.info("sign-in {name!r} as {peer_id} ({count} peers)",
+                      name=member.name, peer_id=peer_id, count=len(self._members))
+        if self.metrics:
+            self.metrics.sign_ins.inc()
+        return succeed((peer_id, body))
+
+    def sign_out(self, peer_id: int) -> Deferred:
+        member = self._members.get(peer_id)
+        if member is None:
+            return fail(UnknownPeer(peer_id))
+        self._remove(member, "sign-out")
+        if self.metrics:
+            self.metrics.sign_outs.inc()
+        return succeed(None)
+
+    def check(self, peer_id: int) -> Deferred:
+        if peer_id in self._members:
+            return succeed(None)
+        return fail(UnknownPeer(peer_id))
+
+    def post(self, from_id: int, to_id: int, content_type: Optional[bytes], body: bytes) -> Deferred:
+        target = self._members.get(to_id)
+        if from_id not in self._members or target is None:
+            return fail(UnknownPeer(to_id))
+        if not self._deliver(target, Item(from_id, body, content_type, False)):
+            self._count_rejection("mailbox_full")
+            return fail(MailboxFull(to_id, self._max_queue))
+        self.log.debug("message {from_id} -> {to_id}: {size} bytes",
+                       from_id=from_id, to_id=to_id, size=len(body))
+        if self.metrics:
+            self.metrics.messages.inc()
+            self.metrics.message_bytes.inc(len(body))
+        return succeed(None)
+
+    def wait(self, peer_id: int) -> Deferred:
+        member = self._members.get(peer_id)
+        if member is None:
+            return fail(UnknownPeer(peer_id))
+        if member.mailbox:
+            self.queued_count -= 1
+            self._arm_timeout(member)  # answered now; it has peer_timeout to come back
+            return succeed(member.mailbox.popleft())
+        if member.waiter is not None:
+            self._unpark(member).errback(WaitReplaced())
+        elif member.timeout is not None:
+            member.timeout.cancel()
+            member.timeout = None
+
+        def cancel(d):
+            # The client went away before an item arrived: nothing consumed.
+            if member.waiter is d:
+                self._unpark(member)
+                self._arm_timeout(member)
+
+        d = Deferred(cancel)
+        member.waiter = d
+        self.waiting_count += 1
+        return d
+
+    def close(self) -> Deferred:
+        self._closed = True
+        for member in list(self._members.values()):
+            if member.timeout is not None:
+                member.timeout.cancel()
+                member.timeout = None
+            if member.waiter is not None:
+                self._unpark(member).errback(ShuttingDown())
+        return succeed(None)
+
+    # -- internals --------------------------------------------------------------
+
+    def _allocate_id(self) -> int:
+        while True:
+            peer_id = self._new_id()
+            if peer_id not in self._members:
+                return peer_id
+
+    def _unpark(self, member: _Member) -> Deferred:
+        d, member.waiter = member.waiter, None
+        self.waiting_count -= 1
+        return d
+
+    def _deliver(self, member: _Member, item: Item) -> bool:
+        """Hand the item to the parked wait, or queue it; False if full."""
+        if member.waiter is not None:
+            self._unpark(member).callback(item)
+            self._arm_timeout(member)
+            return True
+        if len(member.mailbox) >= self._max_queue:
+            return False
+        member.mailbox.append(item)
+        self.queued_count += 1
+        return True
+
+    def _notify_all(self, entry: bytes) -> list[_Member]:
+        """Queue a notification for every member; return those that were full."""
+        full = []
+        for member in self._members.values():
+            if not self._deliver(member, Item(member.peer_id, entry, b"text/plain", True)):
+                full.append(member)
+        return full
+
+    def _drop_slow(self, members: list[_Member]) -> None:
+        # Never lose a notification silently: a peer whose mailbox is full is
+        # not keeping up, so it is dropped (its next /wait says so).
+        for member in members:
+            self._count_rejection("mailbox_full")
+            self._remove(member, "dropped (mailbox full)")
+
+    def _arm_timeout(self, member: _Member) -> None:
+        if member.timeout is None or not member.timeout.active():
+            member.timeout = self._clock.callLater(self._peer_timeout, self._expire, member)
+        else:
+            member.timeout.reset(self._peer_timeout)
+
+    def _expire(self, member: _Member) -> None:
+        member.timeout = None
+        if self._members.get(member.peer_id) is member:
+            if self.metrics:
+                self.metrics.timeouts.inc()
+            self._remove(member, "timed out after %gs without /wait" % (self._peer_timeout,))
+
+    def _remove(self, member: _Member, why: str) -> None:
+        # Iterative, because notifying others may drop further slow peers.
+        pending = [(member, why)]
+        while pending:
+            member, why = pending.pop()
+            if self._members.get(member.peer_id) is not member:
+                continue
+            del self._members[member.peer_id]
+            if member.timeout is not None:
+                if member.timeout.active():
+                    member.timeout.cancel()
+                member.timeout = None
+            if member.waiter is not None:
+                self._unpark(member).errback(UnknownPeer(member.peer_id))
+            self.queued_count -= len(member.mailbox)
+            member.mailbox.clear()
+            self.log.info("{why}: {name!r} ({peer_id}), {count} peers left",
+                          why=why, name=member.name, peer_id=member.peer_id,
+                          count=len(self._members))
+            entry = protocol.format_entry(member.name, member.peer_id, False)
+            for slow in self._notify_all(entry):
+                self._count_rejection("mailbox_full")
+                pending.append((slow, "dropped (mailbox full)"))
+
+    def _count_rejection(self, reason: str) -> None:
+        if self.metrics:
+            self.metrics.rejections.labels(reason).inc()
+
+
+__all__ = [
+    "ChannelError", "UnknownPeer", "ServerFull", "MailboxFull", "ShuttingDown",
+    "WaitReplaced", "Item", "IChannel", "MemoryChannel", "random_ids",
+    "sequential_ids", "CancelledError",
+]

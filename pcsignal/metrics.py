@@ -1,0 +1,57 @@
+"""
+Prometheus metrics for pcsignal, through prometheus-client.
+
+Each server gets its own CollectorRegistry (not the process-global one), so
+several servers in one process, as in the tests, do not collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.twisted import MetricsResource
+
+from pcsignal import protocol
+
+# Request paths worth a label; everything else is "other" (bounded cardinality).
+_ENDPOINTS = {
+    protocol.SIGN_IN: "sign_in",
+    protocol.SIGN_OUT: "sign_out",
+    protocol.WAIT: "wait",
+    protocol.MESSAGE: "message",
+}
+
+
+class ServerMetrics:
+    def __init__(self, channel):
+        self.registry = r = CollectorRegistry()
+        Gauge("pcsignal_peers", "Peers signed in.", registry=r).set_function(
+            lambda: channel.peer_count)
+        Gauge("pcsignal_parked_waits", "Hanging GETs parked.", registry=r).set_function(
+            lambda: channel.waiting_count)
+        Gauge("pcsignal_queued_items", "Items in all mailboxes.", registry=r).set_function(
+            lambda: channel.queued_count)
+        self.sign_ins = Counter("pcsignal_sign_ins", "Peers signed in.", registry=r)
+        self.sign_outs = Counter("pcsignal_sign_outs", "Peers signed out.", registry=r)
+        self.timeouts = Counter("pcsignal_timeouts",
+                                "Peers dropped for not re-issuing /wait in time.", registry=r)
+        self.messages = Counter("pcsignal_messages", "Messages relayed between peers.", registry=r)
+        self.message_bytes = Counter("pcsignal_message_bytes",
+                                     "Bytes of message bodies relayed.", registry=r)
+        self.rejections = Counter("pcsignal_rejections", "Requests refused, by reason.",
+                                  ["reason"], registry=r)
+        self.request_seconds = Histogram(
+            "pcsignal_request_seconds",
+            "Time from request received to answer written (a /wait includes its parking).",
+            ["endpoint"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 60),
+        )
+        self._observers = {
+            path: self.request_seconds.labels(name) for path, name in _ENDPOINTS.items()
+        }
+        self._other = self.request_seconds.labels("other")
+
+    def observe_request(self, path: bytes, seconds: float) -> None:
+        self._observers.get(path, self._other).observe(seconds)
+
+    def resource(self):
+        return MetricsResource(registry=self.registry)

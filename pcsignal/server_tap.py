@@ -1,0 +1,167 @@
+"""
+``twistd pcsignal``: options and the service tree.
+
+The service is a MultiService: one listener per endpoint string (anything
+``endpoints.serverFromString`` takes: tcp:, ssl:, unix:, systemd:, ...) and
+the signaling service that owns the channel and, on stop, answers every
+parked wait and lets the answers reach their clients before exiting.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer
+from twisted.python import usage
+
+from pcsignal import logs, __version__
+from pcsignal.channel import MemoryChannel, random_ids, sequential_ids
+from pcsignal.metrics import ServerMetrics
+from pcsignal.web import SignalingSite
+
+log = logs.logger('pcsignal.server')
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    parse.coerceDoc = "Must be positive."
+    return parse
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "WebRTC signaling server, wire-compatible with WebRTC's example "
+        "peerconnection_server (sign_in / wait / message / sign_out over HTTP "
+        "with hanging GETs), serving a browser client at / and Prometheus "
+        "metrics at /metrics."
+    )
+
+    optParameters = [
+        ["port", "p", None, "Listen on this TCP port, all interfaces "
+         "(shorthand for --listen tcp:PORT). Default when no --listen: 8888.", int],
+        ["peer-timeout", None, 30.0, "Drop a peer that has had no /wait parked for "
+         "this many seconds, as if it had signed out.", _positive(float)],
+        ["max-peers", None, 10000, "Most peers signed in at once; sign-in beyond it "
+         "gets 503.", _positive(int)],
+        ["max-message-bytes", None, 64 * 1024, "Largest message body; a larger one gets "
+         "413 and is refused before it is buffered.", _positive(int)],
+        ["max-queue", None, 1000, "Most items waiting in one peer's mailbox; a message "
+         "beyond it gets 503 (the sender knows it was not queued), a peer whose "
+         "mailbox overflows with notifications is dropped.", _positive(int)],
+        ["request-timeout", None, 10.0, "Close a connection that takes longer than this "
+         "to send one request's headers and body (slowloris).", _positive(float)],
+        ["idle-timeout", None, 60.0, "Close a keep-alive connection idle this long.",
+         _positive(float)],
+        ["log-level", None, "info", "Least severe pcsignal events logged: debug (adds "
+         "one line per message relayed; never bodies), info (sign-in, sign-out, "
+         "timeouts, refusals), warn, error, critical."],
+    ]
+    optFlags = [
+        ["sequential-ids", None, "Number peers 1, 2, 3... as the reference server "
+         "does. Default: unpredictable ids in 1..2^31-1, so nobody can read another "
+         "peer's mailbox or sign it out by guessing its id."],
+        ["access-log", None, "Log every request (off by default: request lines carry "
+         "peer names and ids)."],
+    ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["listen"] = []
+
+    def opt_listen(self, endpoint):
+        """Listen on this Twisted server endpoint string; repeatable. Examples:
+        tcp:8888:interface=127.0.0.1, ssl:443:privateKey=key.pem:certKey=cert.pem,
+        unix:/run/pcsignal.sock, systemd:domain=INET6:index=0."""
+        self["listen"].append(endpoint)
+
+    def postOptions(self):
+        if self["log-level"] not in logs.LEVELS:
+            raise usage.UsageError("--log-level must be one of " + ", ".join(logs.LEVELS))
+        if self["port"] is not None:
+            self["listen"].append("tcp:%d" % (self["port"],))
+        if not self["listen"]:
+            self["listen"].append("tcp:8888")
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print("pcsignal %s" % (__version__,))
+        raise SystemExit(0)
+
+
+def _describe(address) -> str:
+    host = getattr(address, "host", None)
+    if host is None:
+        return "unix:%s" % (getattr(address, "name", address),)
+    if ":" in host:
+        return "[%s]:%d" % (host, address.port)
+    return "%s:%d" % (host, address.port)
+
+
+class ListenerService(StreamServerEndpointService):
+    """A StreamServerEndpointService that logs where it listens."""
+
+    def __init__(self, description, factory):
+        from twisted.internet import endpoints, reactor
+
+        super().__init__(endpoints.serverFromString(reactor, description), factory)
+        self._raiseSynchronously = True  # a bad endpoint fails twistd at start
+        self.description = description
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port):
+        tls = " (TLS)" if self.description.startswith("ssl:") else ""
+        log.info("pcsignal listening on {address}{tls}",
+                 address=_describe(port.getHost()), tls=tls)
+        return port
+
+
+class SignalingService(service.Service):
+    """Owns the channel; on stop, answers parked waits and drains connections."""
+
+    def __init__(self, channel, site):
+        self.channel = channel
+        self.site = site
+
+    def stopService(self):
+        service.Service.stopService(self)
+        self.site.stopping = True
+        d = defer.maybeDeferred(self.channel.close)
+        d.addCallback(lambda _: self.site.drain())
+        return d
+
+
+def makeService(config, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    logs.set_level(config["log-level"])
+    channel = MemoryChannel(
+        reactor,
+        peer_timeout=config["peer-timeout"],
+        max_peers=config["max-peers"],
+        max_queue=config["max-queue"],
+        new_id=sequential_ids() if config["sequential-ids"] else random_ids(),
+    )
+    channel.metrics = metrics = ServerMetrics(channel)
+    site = SignalingSite(
+        channel,
+        max_message_bytes=config["max-message-bytes"],
+        request_timeout=config["request-timeout"],
+        idle_timeout=config["idle-timeout"],
+        access_log=config["access-log"],
+        metrics=metrics,
+        reactor=reactor,
+    )
+    top = service.MultiService()
+    SignalingService(channel, site).setServiceParent(top)
+    for description in config["listen"]:
+        ListenerService(description, site).setServiceParent(top)
+    return top

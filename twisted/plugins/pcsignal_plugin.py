@@ -1,0 +1,5 @@
+from twisted.application.service import ServiceMaker
+
+pcsignal = ServiceMaker(
+    "pcsignal", "pcsignal.server_tap", "WebRTC peerconnection signaling server", "pcsignal"
+)
