@@ -1,0 +1,305 @@
+"""
+The shipped systemd units (etc/): systemd's own tools accept them, the
+sandbox scores as hardened, and the socket hand-over they rely on works with
+the real server: systemd-socket-activate passes pcsignal its listening
+socket exactly as pcsignal.socket does, using the ExecStart= line of
+pcsignal.service and the options in etc/default/pcsignal.
+"""
+
+import http.client
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+import pytest_twisted
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP6ClientEndpoint
+from twisted.logger import eventFromJSON, formatEvent
+from twisted.web.client import Agent
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from conftest import LISTENING, TWISTD, TwistdProcess
+from deploy_support import (
+    ETC,
+    INSTALLED_TWISTD,
+    ROOT,
+    environment_assignments,
+    environment_file,
+    exchange_message,
+    expand_command,
+    installed_unit_copy,
+    systemd_tool,
+    unit_setting,
+)
+
+UNITS = ["pcsignal.socket", "pcsignal.service", "pcpeer@.service"]
+SERVICE = os.path.join(ETC, "pcsignal.service")
+SOCKET = os.path.join(ETC, "pcsignal.socket")
+MAX_EXPOSURE = 2.0
+
+
+def run(argv):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def unit_dir(tmp_path):
+    """The shipped units as installed, with twistd from this virtualenv."""
+    return installed_unit_copy(UNITS, str(tmp_path / "system"), TWISTD)
+
+
+def test_systemd_analyze_verify_accepts_units(unit_dir):
+    """verify loads each unit (with the tls.conf drop-in) without a complaint."""
+    analyze = systemd_tool("systemd-analyze")
+    paths = [
+        os.path.join(unit_dir, "pcsignal.socket"),
+        os.path.join(unit_dir, "pcsignal.service"),
+        # A template is verified through an instance.
+        os.path.join(unit_dir, "pcpeer@example.service"),
+    ]
+    result = run([analyze, "verify", *paths])
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_systemd_analyze_verify_complains_about_a_broken_unit(unit_dir):
+    """The check above can fail: verify reports a misspelt setting."""
+    analyze = systemd_tool("systemd-analyze")
+    path = os.path.join(unit_dir, "pcsignal.service")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text.replace("ProtectSystem=strict", "ProtectSystem=strikt"))
+    result = run([analyze, "verify", path])
+    assert "strikt" in result.stderr
+
+
+def exposure(unit_dir, unit):
+    analyze = systemd_tool("systemd-analyze")
+    result = run([analyze, "security", "--offline=true", os.path.join(unit_dir, unit)])
+    assert result.returncode == 0, result.stderr
+    m = re.search(r"Overall exposure level for %s: (\d+\.\d+)" % re.escape(unit), result.stdout)
+    assert m, result.stdout
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("unit", ["pcsignal.service", "pcpeer@example.service"])
+def test_services_are_hardened(unit_dir, unit):
+    """systemd-analyze security: exposure 2.0 or lower (0 safest, 10 worst)."""
+    assert exposure(unit_dir, unit) <= MAX_EXPOSURE
+
+
+def test_socket_and_service_agree():
+    """
+    The service adopts the socket by the name and address family that
+    pcsignal.socket gives it.  A bare port number is an IPv6 (dual-stack)
+    socket.
+    """
+    endpoint = re.search(r"--listen (systemd:\S+)", unit_setting(SERVICE, "ExecStart")).group(1)
+    options = dict(o.split("=", 1) for o in endpoint.split(":")[1:])
+    assert options["name"] == unit_setting(SOCKET, "FileDescriptorName")
+    assert re.fullmatch(r"\d+", unit_setting(SOCKET, "ListenStream"))
+    assert unit_setting(SOCKET, "BindIPv6Only") == "both"
+    assert options["domain"] == "INET6"
+    assert "pcsignal.socket" in unit_setting(SERVICE, "Requires").split()
+
+
+DEFAULTS = os.path.join(ETC, "default", "pcsignal")
+
+
+def service_command(**overrides):
+    """pcsignal.service's ExecStart=, expanded with etc/default/pcsignal."""
+    env = environment_file(DEFAULTS)
+    env.update(overrides)
+    argv = expand_command(unit_setting(SERVICE, "ExecStart"), env)
+    assert argv[0] == INSTALLED_TWISTD
+    return [TWISTD] + argv[1:]
+
+
+def loopback_port():
+    """A currently free port on ::1 (the test retries if it gets taken)."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.bind(("::1", 0))
+        return s.getsockname()[1]
+
+
+class ActivatedProcess(TwistdProcess):
+    """Like conftest's TwistdProcess, but for any command line."""
+
+    def __init__(self, argv, pass_fds=()):
+        self.plugin = os.path.basename(argv[0])
+        self.lines = []
+        self._queue = queue.Queue()
+        env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=ROOT,
+            pass_fds=pass_fds,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+
+@pytest.fixture
+def processes():
+    started = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
+def start_socket_activate(processes):
+    """systemd-socket-activate listening on ::1, ready to start pcsignal."""
+    activate = systemd_tool("systemd-socket-activate")
+    name = unit_setting(SOCKET, "FileDescriptorName")
+    for attempt in range(5):
+        port = loopback_port()
+        p = ActivatedProcess(
+            [
+                activate,
+                "--listen=[::1]:%d" % port,
+                "--fdname=" + name,
+                # It passes only these (and a few standard) variables on.
+                "--setenv=PYTHONPATH=" + ROOT,
+                "--setenv=PYTHONUNBUFFERED=1",
+                *service_command(),
+            ]
+        )
+        processes.append(p)
+        m = p.wait_for_log(r"Listening on \[::1\]:\d+|Address already in use")
+        if m.group(0).startswith("Listening"):
+            return p, port
+        p.proc.wait()
+    pytest.fail("no free port on ::1 after 5 attempts")
+
+
+@implementer(IAgentEndpointFactory)
+class IPv6Loopback:
+    """
+    Connects to ::1 whatever the URL's host: treq cannot take an IPv6
+    literal URL (it IDNA-encodes the host), so the tests use localhost URLs.
+    """
+
+    def endpointForURI(self, uri):
+        return TCP6ClientEndpoint(reactor, "::1", uri.port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_socket_activation(processes):
+    """
+    pcsignal runs from systemd's socket: the first connection is made before
+    pcsignal even starts (systemd-socket-activate starts it on that
+    connection) and is answered; then peers sign in and exchange a message.
+    """
+    p, port = start_socket_activate(processes)
+    base = "http://localhost:%d" % port
+    client = HTTPClient(Agent.usingEndpointFactory(reactor, IPv6Loopback()))
+
+    # Nothing runs pcsignal yet; this connection waits in the socket's queue.
+    assert "Execing" not in p.output()
+    response = await client.get(base + "/sign_in?early")
+    assert response.code == 200, p.output()
+    early_id = int(response.headers.getRawHeaders(b"pragma")[0])
+    await response.content()
+
+    listening = p.wait_for_log(LISTENING)
+    assert int(listening.group("port")) == port
+    await exchange_message(client, base)
+    response = await client.get("%s/sign_out?peer_id=%d" % (base, early_id))
+    assert response.code == 200
+    await response.content()
+
+    # twistd replaced systemd-socket-activate (same pid, as LISTEN_PID needs)
+    # and stops cleanly on systemd's stop signal; twistd ends by re-raising
+    # SIGTERM, which systemd counts as a clean exit.
+    assert p.stop() == -signal.SIGTERM, p.output()
+    assert "Main loop terminated." in p.output()
+
+
+# Stands in for systemd's socket unit across a restart: puts the listening
+# socket at fd 3 and sets LISTEN_* for this very process, then becomes twistd.
+EXEC_WITH_LISTEN_FDS = """
+import os, sys
+os.dup2(int(sys.argv[1]), 3)
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES=sys.argv[2])
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+def json_logging():
+    """The JSON logging alternative given (commented out) in etc/default/pcsignal."""
+    with open(DEFAULTS, encoding="utf-8") as f:
+        m = re.search(r"^# (TWISTD_OPTIONS=.*json.*)$", f.read(), re.M)
+    assert m, "etc/default/pcsignal shows no JSON logging example"
+    return environment_assignments(m.group(1))
+
+
+def json_log_text(process, log_format, pattern):
+    """
+    Wait for a JSON log line of an event with this format string; return the
+    match of ``pattern`` in its formatted text.
+    """
+    line = process.wait_for_log(r'^\{.*"log_format": "%s' % (re.escape(log_format),))
+    text = formatEvent(eventFromJSON(line.string))
+    m = re.search(pattern, text)
+    assert m, text
+    return m
+
+
+def test_restart_loses_no_connection(processes):
+    """
+    The socket outlives the daemon: a request made while pcsignal is stopped
+    is answered by the next pcsignal started on the same socket.  pcsignal
+    runs with the JSON logging shown in etc/default/pcsignal.
+    """
+    name = unit_setting(SOCKET, "FileDescriptorName")
+    command = service_command(**json_logging())
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
+        listener.bind(("::1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+
+        def start():
+            p = ActivatedProcess(
+                [sys.executable, "-c", EXEC_WITH_LISTEN_FDS, str(listener.fileno()), name]
+                + command,
+                pass_fds=[listener.fileno()],
+            )
+            processes.append(p)
+            assert int(json_log_text(p, "pcsignal listening on", LISTENING).group("port")) == port
+            return p
+
+        def sign_in(conn, peer):
+            conn.request("GET", "/sign_in?" + peer)
+
+        first = start()
+        conn = http.client.HTTPConnection("::1", port, timeout=30)
+        sign_in(conn, "before")
+        assert conn.getresponse().status == 200
+        conn.close()
+        assert first.stop() == -signal.SIGTERM, first.output()
+
+        # pcsignal is down: the connection is queued by the kernel and the
+        # request sits in it unanswered.
+        conn = http.client.HTTPConnection("::1", port, timeout=30)
+        sign_in(conn, "during")
+        second = start()
+        response = conn.getresponse()
+        assert response.status == 200, second.output()
+        body = response.read()
+        assert body.startswith(b"during,"), body
+        conn.close()
+        assert second.stop() == -signal.SIGTERM, second.output()
