@@ -1,0 +1,213 @@
+/*
+ * The peerconnection signaling protocol (PROTOCOL.md) over fetch.
+ *
+ * One SignalingClient is one signed-in peer: it keeps one hanging GET
+ * /wait open (re-issued right after every answer) and posts messages strictly
+ * one at a time, in order, the way the native client does.  It knows nothing
+ * about WebRTC: it reports peers coming and going and opaque message texts.
+ *
+ * Events (CustomEvent, details in brackets):
+ *   peer          {id, name, connected}   someone signed in or out
+ *   message       {from, text}            a message posted by another peer
+ *   unreachable   {retryIn}               /wait failed at network level; retrying
+ *   reachable     {}                      the server answers again
+ *   signedout     {reason}                the server no longer knows us
+ */
+(function (pcsignal) {
+  "use strict";
+
+  const RETRY_FIRST_MS = 500;
+  const RETRY_MAX_MS = 8000;
+
+  /** Parse "name,id,connected\n" lines; the name is all before the last two commas. */
+  function parseEntries(text) {
+    const entries = [];
+    for (const line of text.split("\n")) {
+      const trimmed = line.replace(/\r$/, "");
+      const last = trimmed.lastIndexOf(",");
+      const middle = last > 0 ? trimmed.lastIndexOf(",", last - 1) : -1;
+      if (middle < 0) continue;
+      const id = parseInt(trimmed.slice(middle + 1, last), 10);
+      const connected = trimmed.slice(last + 1);
+      if (!(id > 0) || (connected !== "0" && connected !== "1")) continue;
+      entries.push({ name: trimmed.slice(0, middle), id: id, connected: connected === "1" });
+    }
+    return entries;
+  }
+
+  /** "https://host:port/" or "host:port" -> "https://host:port" (no trailing slash). */
+  function normaliseServerUrl(text) {
+    let url = text.trim();
+    if (!/^https?:\/\//i.test(url)) url = "http://" + url;
+    return url.replace(/\/+$/, "");
+  }
+
+  class PeerGoneError extends Error {}
+
+  class SignalingClient extends EventTarget {
+    constructor(serverUrl) {
+      super();
+      this.server = normaliseServerUrl(serverUrl);
+      this.id = null;
+      this.name = null;
+      this._abort = null;
+      this._sendQueue = Promise.resolve();
+    }
+
+    get signedIn() {
+      return this.id !== null;
+    }
+
+    _emit(type, detail) {
+      this.dispatchEvent(new CustomEvent(type, { detail: detail }));
+    }
+
+    /**
+     * GET /sign_in?NAME.  Resolves to the list of other connected peers and
+     * starts the hanging GET.  Rejects with a readable message.
+     */
+    async signIn(name) {
+      let response;
+      try {
+        response = await fetch(this.server + "/sign_in?" + encodeURIComponent(name), {
+          cache: "no-store",
+        });
+      } catch (e) {
+        throw new Error("Can't reach the server at " + this.server + ". Is pcsignal running there?");
+      }
+      const body = await response.text();
+      const id = parseInt(response.headers.get("Pragma"), 10);
+      if (!response.ok || !(id > 0)) {
+        throw new Error(
+          "The server at " + this.server + " refused to sign in (HTTP " + response.status + ")."
+        );
+      }
+      const entries = parseEntries(body);
+      const me = entries.find((entry) => entry.id === id);
+      this.id = id;
+      this.name = me ? me.name : name;
+      this._abort = new AbortController();
+      this._waitLoop(this._abort.signal);
+      return entries.filter((entry) => entry.id !== id && entry.connected);
+    }
+
+    async _waitLoop(signal) {
+      let retryIn = RETRY_FIRST_MS;
+      let unreachable = false;
+      while (!signal.aborted) {
+        let response, body;
+        try {
+          response = await fetch(this.server + "/wait?peer_id=" + this.id, {
+            cache: "no-store",
+            signal: signal,
+          });
+          body = await response.text();
+          // 503: the server is shutting down or full; it may still know us after a pause.
+          if (response.status === 503) throw new Error("server busy");
+        } catch (e) {
+          if (signal.aborted) return;
+          unreachable = true;
+          this._emit("unreachable", { retryIn: retryIn });
+          await new Promise((resolve) => setTimeout(resolve, retryIn));
+          retryIn = Math.min(retryIn * 2, RETRY_MAX_MS);
+          continue;
+        }
+        if (signal.aborted) return;
+        if (unreachable) {
+          unreachable = false;
+          this._emit("reachable", {});
+        }
+        retryIn = RETRY_FIRST_MS;
+        if (!response.ok) {
+          this._forget();
+          this._emit("signedout", {
+            reason: "The server no longer knows this session (it restarted, or this page was " +
+              "asleep for too long). Sign in again to continue.",
+          });
+          return;
+        }
+        this._dispatchItem(parseInt(response.headers.get("Pragma"), 10), body);
+      }
+    }
+
+    /** One mailbox item: a notification if Pragma is our own id, else a message. */
+    _dispatchItem(from, body) {
+      if (from === this.id) {
+        for (const entry of parseEntries(body)) {
+          if (entry.id !== this.id) this._emit("peer", entry);
+        }
+      } else if (from > 0) {
+        this._emit("message", { from: from, text: body });
+      }
+    }
+
+    /**
+     * POST /message, queued behind every earlier send so that order is kept.
+     * Rejects with PeerGoneError when the server does not know the target.
+     */
+    send(to, text) {
+      const id = this.id;
+      const sent = this._sendQueue.then(async () => {
+        if (id === null || id !== this.id) throw new Error("Not signed in.");
+        let response;
+        try {
+          response = await fetch(
+            this.server + "/message?peer_id=" + id + "&to=" + to,
+            {
+              method: "POST",
+              // text/plain keeps this a "simple" CORS request: no preflight.
+              headers: { "Content-Type": "text/plain" },
+              body: text,
+              cache: "no-store",
+            }
+          );
+          await response.text();
+        } catch (e) {
+          throw new Error("Can't reach the server to deliver a message.");
+        }
+        if (!response.ok) throw new PeerGoneError("Peer most likely gone.");
+      });
+      this._sendQueue = sent.catch(() => {});
+      return sent;
+    }
+
+    _forget() {
+      if (this._abort) this._abort.abort();
+      this._abort = null;
+      this.id = null;
+    }
+
+    /**
+     * GET /sign_out.  With keepalive the request outlives the page, so it can
+     * be used from pagehide.
+     */
+    signOut(keepalive) {
+      const id = this.id;
+      this._forget();
+      if (id === null) return Promise.resolve();
+      return fetch(this.server + "/sign_out?peer_id=" + id, {
+        cache: "no-store",
+        keepalive: Boolean(keepalive),
+      }).then(
+        () => {},
+        () => {}
+      );
+    }
+
+    /** Fire-and-forget POST that survives page unload (for a last BYE). */
+    sendOnUnload(to, text) {
+      if (this.id === null) return;
+      fetch(this.server + "/message?peer_id=" + this.id + "&to=" + to, {
+        method: "POST",
+        headers: { "Content-Type": "text/plain" },
+        body: text,
+        keepalive: true,
+      }).catch(() => {});
+    }
+  }
+
+  pcsignal.parseEntries = parseEntries;
+  pcsignal.normaliseServerUrl = normaliseServerUrl;
+  pcsignal.PeerGoneError = PeerGoneError;
+  pcsignal.SignalingClient = SignalingClient;
+})((window.pcsignal = window.pcsignal || {}));

@@ -1,0 +1,258 @@
+"""
+The browser client (pcsignal/static/) in a real headless Chromium.
+
+Debian's /usr/bin/chromium is driven by Playwright for Python against a real
+``twistd pcsignal`` (and, for the interoperability tests, a real ``twistd
+pcpeer``).  Chromium's fake camera and microphone stand in for the hardware;
+everything else — HTTP, WebRTC, ICE, DTLS, SRTP, SCTP — is Chromium's own.
+
+The suite runs on Twisted's asyncio reactor, whose loop counts as running in
+the main thread, and Playwright's sync API refuses to start inside a running
+asyncio loop.  So every Playwright call runs in one worker thread
+(BrowserThread); the test body hands it a scenario function and waits.  The
+scenario only talks to separate processes, so the paused reactor is no
+obstacle.
+"""
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from playwright import sync_api as playwright_sync
+from playwright.sync_api import expect
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    # A fake camera (a moving test picture) and microphone, granted without a prompt.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--no-sandbox",
+    "--disable-gpu",
+    # The machine has no internet: keep Chromium from trying (and waiting).
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-features=Translate,OptimizationHints,MediaRouter",
+    "--autoplay-policy=no-user-gesture-required",
+]
+ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
+TIMEOUT_MS = 20_000
+SCENARIO_TIMEOUT_S = 120
+
+class BrowserThread:
+    """One Chromium, driven by sync Playwright confined to one worker thread."""
+
+    def __init__(self):
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="playwright")
+        self._playwright = None
+        self.browser = self.run(self._launch)
+
+    def _launch(self):
+        self._playwright = playwright_sync.sync_playwright().start()
+        return self._playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+
+    def run(self, scenario, *args):
+        """Run scenario(*args) in the Playwright thread; return its result or raise."""
+        return self._executor.submit(scenario, *args).result(SCENARIO_TIMEOUT_S)
+
+    def close(self):
+        def stop():
+            self.browser.close()
+            self._playwright.stop()
+
+        try:
+            self.run(stop)
+        finally:
+            self._executor.shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    browser_thread = BrowserThread()
+    expect.set_options(timeout=TIMEOUT_MS)
+    yield browser_thread
+    browser_thread.close()
+
+
+# -- page helpers (run inside the Playwright thread) ------------------------------
+
+
+def open_page(browser, url, width=1280, height=800):
+    """A fresh page (own context: own storage, own connections) showing the client."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.js_errors = errors
+    page.goto(url + "/")
+    expect(page.locator("#sign-in")).to_be_visible()
+    return page
+
+
+def sign_in(page, name):
+    page.fill("#name", name)
+    page.click("#sign-in")
+    expect(page.locator("#presence-text")).to_contain_text(name)
+    return int(page.evaluate("pcsignal.app.client.id"))
+
+
+def peer_button(page, name):
+    return page.locator("#peer-list button.peer", has_text=name)
+
+
+def expect_connected(page, peer_name):
+    expect(page.locator("#call-title")).to_have_text("In call with " + peer_name)
+    expect(page.locator("#state-ice")).to_have_text(re.compile("connected|completed"))
+    expect(page.locator("#chat-input")).to_be_enabled()
+
+
+def expect_remote_video_playing(page):
+    """The remote <video> has a picture and the decoder keeps producing frames."""
+    page.wait_for_function(
+        "() => { const v = document.getElementById('remote-video');"
+        " return v.videoWidth > 0 && v.videoHeight > 0 && !v.paused; }"
+    )
+    stats = page.locator("#stats")
+    expect(stats).to_have_attribute("data-frames-decoded", re.compile(r"^[1-9]\d*$"))
+    first = int(stats.get_attribute("data-frames-decoded"))
+    page.wait_for_function(
+        "(n) => Number(document.getElementById('stats').dataset.framesDecoded) > n", arg=first
+    )
+    expect(page.locator("#stats-in")).to_contain_text(re.compile(r"bit/s.*\d+×\d+ · \d+ fps"))
+
+
+def expect_idle(page):
+    """Back at the peer list: no call, every peer callable again."""
+    expect(page.locator("#call-title")).to_have_text("No call")
+    expect(page.locator("#hang-up")).to_be_disabled()
+    expect(page.locator("#chat-input")).to_be_disabled()
+    expect(page.locator("#peer-list button.peer:disabled")).to_have_count(0)
+
+
+def chat(sender, receiver, text):
+    sender.fill("#chat-input", text)
+    sender.press("#chat-input", "Enter")
+    expect(sender.locator("#chat-log .chat-line.mine", has_text=text)).to_have_count(1)
+    expect(receiver.locator("#chat-log .chat-line.theirs", has_text=text)).to_have_count(1)
+
+
+def save_screenshot(page, name):
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, name)
+    page.screenshot(path=path)
+    return path
+
+
+# -- tests ---------------------------------------------------------------------------
+
+
+def test_page_signs_in_and_follows_peers(chromium, pcsignal_server):
+    _, url = pcsignal_server
+
+    def scenario(browser):
+        alice = open_page(browser, url)
+        # Keyboard only: type the name and press Enter.
+        alice.focus("#name")
+        alice.keyboard.type("alice")
+        alice.keyboard.press("Enter")
+        expect(alice.locator("#presence-text")).to_contain_text("alice")
+        expect(alice.locator("#peers-empty")).to_be_visible()
+
+        bob = open_page(browser, url)
+        sign_in(bob, "bob smith")
+        expect(peer_button(alice, "bob smith")).to_be_visible()
+        expect(peer_button(bob, "alice")).to_be_visible()
+        expect(alice.locator("#peer-count")).to_have_text("1")
+
+        # Sign out with the button: alice sees bob leave.
+        bob.click("#sign-out")
+        expect(bob.locator("#sign-in")).to_be_visible()
+        expect(peer_button(alice, "bob smith")).to_have_count(0)
+        expect(alice.locator("#peers-empty")).to_be_visible()
+
+        # The name is remembered; signing in again is one click.
+        bob.reload()
+        expect(bob.locator("#name")).to_have_value("bob smith")
+        bob.click("#sign-in")
+        expect(peer_button(alice, "bob smith")).to_be_visible()
+
+        # Closing the page signs out (pagehide).
+        bob.context.close()
+        expect(peer_button(alice, "bob smith")).to_have_count(0)
+        assert alice.js_errors == []
+        alice.context.close()
+
+    chromium.run(scenario, chromium.browser)
+
+
+def test_two_browsers_call_each_other_and_chat(chromium, pcsignal_server):
+    _, url = pcsignal_server
+
+    def scenario(browser):
+        alice = open_page(browser, url)
+        bob = open_page(browser, url)
+        sign_in(alice, "alice")
+        sign_in(bob, "bob")
+
+        # alice calls bob; bob answers automatically, like the native client.
+        peer_button(alice, "bob").click()
+        expect_connected(alice, "bob")
+        expect_connected(bob, "alice")
+        expect_remote_video_playing(alice)
+        expect_remote_video_playing(bob)
+        chat(alice, bob, "hello bob, can you see me?")
+        chat(bob, alice, "loud and clear, alice")
+        save_screenshot(alice, "screenshot-call.png")
+
+        # The callee hangs up: both are back at the peer list.
+        bob.click("#hang-up")
+        expect_idle(bob)
+        expect_idle(alice)
+        expect(alice.locator("#chat-log")).to_contain_text("bob hung up.")
+
+        # bob calls alice this time, and the caller hangs up with the keyboard.
+        peer_button(bob, "alice").click()
+        expect_connected(alice, "bob")
+        expect_connected(bob, "alice")
+        expect_remote_video_playing(alice)
+        chat(alice, bob, "second call")
+        bob.locator("#hang-up").focus()
+        bob.keyboard.press("Enter")
+        expect_idle(bob)
+        expect_idle(alice)
+        expect(alice.locator("#chat-log")).to_contain_text("bob hung up.")
+
+        # A third call ends when bob closes his page: it hangs up and signs out.
+        peer_button(alice, "bob").click()
+        expect_connected(alice, "bob")
+        bob.context.close()
+        expect_idle(alice)
+        expect(peer_button(alice, "bob")).to_have_count(0)
+        expect(alice.locator("#chat-log .chat-line.system")).to_have_text(
+            ["Chat connected with bob.", "bob hung up."] * 2
+            + ["Chat connected with bob.", re.compile(r"^bob (hung up|left)\.$")]
+        )
+        assert alice.js_errors == []
+        alice.context.close()
+
+    chromium.run(scenario, chromium.browser)
+
+
+def test_server_gone_is_reported(chromium, pcsignal_server):
+    proc, url = pcsignal_server
+
+    def scenario(browser):
+        page = open_page(browser, url)
+        sign_in(page, "carol")
+        proc.stop()
+        expect(page.locator("#banner")).to_contain_text("unreachable")
+        expect(page.locator("#presence-text")).to_have_text("Reconnecting…")
+        page.context.close()
+
+    chromium.run(scenario, chromium.browser)
