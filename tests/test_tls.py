@@ -1,0 +1,156 @@
+"""
+HTTPS: pcsignal listening on an ``ssl:`` endpoint with certificate files in
+certbot's layout, configured exactly as the etc/pcsignal.service.d/tls.conf
+drop-in does (only the port and the credentials directory differ).  The
+certificate chain (private CA, intermediate, server certificate) is made in
+the test with ``cryptography``.
+"""
+
+import base64
+import hashlib
+import os
+import re
+
+import pytest
+import pytest_twisted
+import treq
+from cryptography.hazmat.primitives import serialization
+from playwright import sync_api as playwright_sync
+from playwright.sync_api import expect
+from treq.client import HTTPClient
+from twisted.internet import reactor, ssl
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseNeverReceived
+
+from conftest import start_pcsignal
+from test_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    BrowserThread,
+    chat,
+    expect_connected,
+    expect_idle,
+    open_page,
+    peer_button,
+    sign_in,
+)
+from deploy_support import (
+    ETC,
+    environment_assignments,
+    exchange_message,
+    unit_setting,
+    unit_settings,
+    write_certificate_chain,
+)
+
+TLS_DROPIN = os.path.join(ETC, "pcsignal.service.d", "tls.conf")
+
+
+def tls_listen_arguments(credentials_dir):
+    """
+    The drop-in's ``--listen ssl:...`` with systemd's %d (the credentials
+    directory) set to ``credentials_dir`` and port 8443 replaced by a free
+    loopback port.
+    """
+    env = environment_assignments(unit_setting(TLS_DROPIN, "Environment"))
+    option, endpoint = env["PCSIGNAL_TLS"].split()
+    assert option == "--listen" and endpoint.startswith("ssl:8443:"), endpoint
+    endpoint = endpoint.replace("ssl:8443:", "ssl:0:interface=127.0.0.1:", 1)
+    return [option, endpoint.replace("%d", credentials_dir)]
+
+
+def test_dropin_loads_every_file_it_uses():
+    """Each %d/FILE in the endpoint is a credential the drop-in loads."""
+    env = environment_assignments(unit_setting(TLS_DROPIN, "Environment"))
+    used = set(re.findall(r"%d/([^:\s]+)", env["PCSIGNAL_TLS"]))
+    loaded = {v.split(":", 1)[0] for k, v in unit_settings(TLS_DROPIN) if k == "LoadCredential"}
+    assert used == loaded == {"cert.pem", "chain.pem", "privkey.pem"}
+
+
+@pytest.fixture
+def https_server(tmp_path, run_twistd):
+    """pcsignal on HTTPS only: (process, base URL, CA certificate PEM)."""
+    ca_pem, _ = write_certificate_chain(str(tmp_path))
+    process, url = start_pcsignal(run_twistd, *tls_listen_arguments(str(tmp_path)))
+    assert re.search(r"pcsignal listening on 127\.0\.0\.1:\d+ \(TLS\)", process.output())
+    return process, url.replace("http://", "https://"), ca_pem
+
+
+def trusting_client(ca_pem):
+    """A treq client that trusts only our private CA, and checks host names."""
+    policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(ca_pem))
+    return HTTPClient(Agent(reactor, contextFactory=policy))
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_sign_in_and_message(https_server):
+    _, base, ca_pem = https_server
+    await exchange_message(trusting_client(ca_pem), base)
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_certificate_is_verified(https_server):
+    """The check above can fail: a client without our CA refuses the server."""
+    _, base, _ = https_server
+    with pytest.raises(ResponseNeverReceived) as failure:
+        await treq.get(base + "/sign_in?mallory")
+    assert "certificate verify failed" in str(failure.value.reasons[0].value)
+
+
+# -- Chromium over HTTPS ---------------------------------------------------------
+
+
+def spki_sha256(certificate):
+    """Base64 SHA-256 of a certificate's public key, as Chromium's flags want it."""
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
+
+
+class TrustingChromium(BrowserThread):
+    """
+    Chromium that accepts exactly our server's key (Chromium takes its trust
+    from the system store, which a test must not change).
+    """
+
+    def __init__(self, certificate):
+        self._trust = "--ignore-certificate-errors-spki-list=" + spki_sha256(certificate)
+        super().__init__()
+
+    def _launch(self):
+        self._playwright = playwright_sync.sync_playwright().start()
+        return self._playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + [self._trust]
+        )
+
+
+def test_browser_call_over_https(tmp_path, run_twistd):
+    """Two Chromium pages load the client over https, sign in, call and chat."""
+    _, certificate = write_certificate_chain(str(tmp_path))
+    _, url = start_pcsignal(run_twistd, *tls_listen_arguments(str(tmp_path)))
+    url = url.replace("http://", "https://")
+    expect.set_options(timeout=TIMEOUT_MS)
+    chromium = TrustingChromium(certificate)
+
+    def scenario(browser):
+        alice = open_page(browser, url)
+        bob = open_page(browser, url)
+        for page in (alice, bob):
+            assert page.evaluate("location.protocol + String(isSecureContext)") == "https:true"
+        sign_in(alice, "alice")
+        sign_in(bob, "bob")
+        peer_button(alice, "bob").click()
+        expect_connected(alice, "bob")
+        expect_connected(bob, "alice")
+        chat(alice, bob, "hello over https")
+        bob.click("#hang-up")
+        expect_idle(alice)
+        assert alice.js_errors == [] and bob.js_errors == []
+        alice.context.close()
+        bob.context.close()
+
+    try:
+        chromium.run(scenario, chromium.browser)
+    finally:
+        chromium.close()
