@@ -1,0 +1,107 @@
+"""
+Two kinds of real clients for the HTTP tests, on blocking loopback sockets.
+
+``native()`` behaves exactly like WebRTC's peerconnection_client: one TCP
+connection per request, HTTP/1.0, no Host header, headers found by
+case-sensitive byte search, and the socket closed when the answer says
+``Connection: close``.  ``Browser`` is an HTTP/1.1 keep-alive client (the
+stdlib's http.client) that sends Origin like a page on another site.
+"""
+
+import http.client
+import re
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+@dataclass
+class Answer:
+    raw: bytes
+    status: int
+    headers: bytes
+    body: bytes
+
+    def header(self, name: bytes):
+        """Value of a header, found the native client's way (exact bytes)."""
+        key = b"\r\n" + name + b": "
+        i = self.headers.find(key)
+        if i < 0:
+            return None
+        end = self.headers.find(b"\r\n", i + len(key))
+        return self.headers[i + len(key): end if end >= 0 else None]
+
+    @property
+    def pragma(self):
+        value = self.header(b"Pragma")
+        return None if value is None else int(value)
+
+
+def parse_answer(raw: bytes) -> Answer:
+    head, sep, rest = raw.partition(b"\r\n\r\n")
+    assert sep, "no end of headers in %r" % (raw,)
+    status = int(head.split(b" ", 2)[1])  # the number after the first space
+    length = int(Answer(raw, status, head + b"\r\n", b"").header(b"Content-Length"))
+    return Answer(raw[: len(head) + 4 + length], status, head + b"\r\n", rest[:length])
+
+
+def address(url):
+    parts = urlsplit(url)
+    return parts.hostname, parts.port
+
+
+def native_raw(url, request: bytes, timeout=10) -> bytes:
+    """Send raw request bytes on a new connection; read the whole answer."""
+    sock = socket.create_connection(address(url), timeout=timeout)
+    try:
+        sock.sendall(request)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+            head, sep, _ = data.partition(b"\r\n\r\n")
+            if sep and b"\r\nConnection: close" in head + b"\r\n":
+                length = re.search(rb"\r\nContent-Length: (\d+)", head)
+                if length and len(data) >= len(head) + 4 + int(length.group(1)):
+                    return data
+            elif sep:
+                length = re.search(rb"\r\nContent-Length: (\d+)", head)
+                if length and len(data) >= len(head) + 4 + int(length.group(1)):
+                    return data  # keep-alive answer complete
+    finally:
+        sock.close()
+
+
+def native(url, method, target, body=None, content_type=b"text/plain", timeout=10) -> Answer:
+    request = b"%s %s HTTP/1.0\r\n" % (method.encode(), target.encode())
+    if body is not None:
+        request += b"Content-Length: %d\r\nContent-Type: %s\r\n" % (len(body), content_type)
+    request += b"\r\n" + (body or b"")
+    return parse_answer(native_raw(url, request, timeout))
+
+
+class Browser:
+    """An HTTP/1.1 keep-alive client with an Origin header."""
+
+    def __init__(self, url, origin="http://example.org", timeout=10):
+        host, port = address(url)
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        self.origin = origin
+
+    def request(self, method, target, body=None, headers=None):
+        h = {"Origin": self.origin}
+        if body is not None:
+            h["Content-Type"] = "text/plain;charset=UTF-8"
+        h.update(headers or {})
+        self.conn.request(method, target, body=body, headers=h)
+        response = self.conn.getresponse()
+        return response, response.read()
+
+    @property
+    def sock(self):
+        return self.conn.sock
+
+    def close(self):
+        self.conn.close()
