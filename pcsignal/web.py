@@ -127,6 +127,9 @@ class _Discard:
     def seek(self, *args):
         return 0
 
+    def tell(self):
+        return 0
+
     def read(self, *args):
         return b""
 
