@@ -18,6 +18,7 @@ import threading
 
 import pytest
 import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP6ClientEndpoint
@@ -38,11 +39,13 @@ from deploy_support import (
     installed_unit_copy,
     systemd_tool,
     unit_setting,
+    unit_settings,
 )
 
 UNITS = ["pcsignal.socket", "pcsignal.service", "pcpeer@.service"]
 SERVICE = os.path.join(ETC, "pcsignal.service")
 SOCKET = os.path.join(ETC, "pcsignal.socket")
+LOOPBACK = os.path.join(ETC, "pcsignal.socket.d", "loopback.conf")
 MAX_EXPOSURE = 2.0
 
 
@@ -108,6 +111,8 @@ def test_socket_and_service_agree():
     assert re.fullmatch(r"\d+", unit_setting(SOCKET, "ListenStream"))
     assert unit_setting(SOCKET, "BindIPv6Only") == "both"
     assert options["domain"] == "INET6"
+    # The loopback.conf drop-in resets the address list to one IPv6 address.
+    assert [v for k, v in unit_settings(LOOPBACK) if k == "ListenStream"] == ["", "[::1]:8888"]
     assert "pcsignal.socket" in unit_setting(SERVICE, "Requires").split()
 
 
@@ -162,15 +167,21 @@ def processes():
 
 
 def start_socket_activate(processes):
-    """systemd-socket-activate listening on ::1, ready to start pcsignal."""
+    """
+    systemd-socket-activate listening where loopback.conf puts pcsignal.socket
+    (but on a free port), ready to start pcsignal.
+    """
     activate = systemd_tool("systemd-socket-activate")
     name = unit_setting(SOCKET, "FileDescriptorName")
+    address = [v for k, v in unit_settings(LOOPBACK) if k == "ListenStream"][-1]
+    host = address.rpartition(":")[0]
+    assert host == "[::1]"
     for attempt in range(5):
         port = loopback_port()
         p = ActivatedProcess(
             [
                 activate,
-                "--listen=[::1]:%d" % port,
+                "--listen=%s:%d" % (host, port),
                 "--fdname=" + name,
                 # It passes only these (and a few standard) variables on.
                 "--setenv=PYTHONPATH=" + ROOT,
@@ -219,6 +230,21 @@ async def test_socket_activation(processes):
     assert int(listening.group("port")) == port
     await exchange_message(client, base)
     response = await client.get("%s/sign_out?peer_id=%d" % (base, early_id))
+    assert response.code == 200
+    await response.content()
+
+    # What a local Prometheus and a health check see through the same socket.
+    response = await client.get(base + "/metrics")
+    assert response.code == 200
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families((await response.text()))
+        for s in family.samples
+    }
+    assert samples["pcsignal_sign_ins_total"] == 3
+    assert samples["pcsignal_messages_total"] == 1
+    assert samples["pcsignal_peers"] == 0
+    response = await client.get(base + "/healthz")
     assert response.code == 200
     await response.content()
 
