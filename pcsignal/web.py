@@ -43,6 +43,7 @@ CORS = [
     (b"Access-Control-Expose-Headers", b"Content-Length, X-Peer-Id"),
 ]
 TEXT = b"text/plain"
+_access_log = logs.logger("pcsignal.access")
 
 # Status and reason phrase for each refusal; the body is the error's text.
 _STATUS = {
@@ -469,7 +470,7 @@ class SignalingSite(server.Site):
     def log(self, request):
         """twisted.web's access-log hook, through twisted.logger when enabled."""
         if self.access_log:
-            self._access.info(
+            _access_log.info(
                 '{client} "{method} {uri} {proto}" {code} {length}',
                 client=getattr(request.getClientAddress(), "host", "-"),
                 method=request.method.decode("latin-1"),
@@ -478,5 +479,3 @@ class SignalingSite(server.Site):
                 code=request.code,
                 length=request.sentLength,
             )
-
-    _access = logs.logger("pcsignal.access")
