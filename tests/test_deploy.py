@@ -8,13 +8,11 @@ pcsignal.service and the options in etc/default/pcsignal.
 
 import http.client
 import os
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 import pytest_twisted
@@ -27,8 +25,9 @@ from twisted.web.client import Agent
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from conftest import LISTENING, TWISTD, TwistdProcess
-from deploy_support import (
+from conftest import LISTENING, TWISTD
+from deploy_support import (  # noqa: F401 (processes is a fixture)
+    CommandProcess,
     ETC,
     INSTALLED_TWISTD,
     ROOT,
@@ -37,6 +36,7 @@ from deploy_support import (
     exchange_message,
     expand_command,
     installed_unit_copy,
+    processes,
     systemd_tool,
     unit_setting,
     unit_settings,
@@ -135,37 +135,6 @@ def loopback_port():
         return s.getsockname()[1]
 
 
-class ActivatedProcess(TwistdProcess):
-    """Like conftest's TwistdProcess, but for any command line."""
-
-    def __init__(self, argv, pass_fds=()):
-        self.plugin = os.path.basename(argv[0])
-        self.lines = []
-        self._queue = queue.Queue()
-        env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=ROOT,
-            pass_fds=pass_fds,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-
-@pytest.fixture
-def processes():
-    started = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait()
-
-
 def start_socket_activate(processes):
     """
     systemd-socket-activate listening where loopback.conf puts pcsignal.socket
@@ -178,7 +147,7 @@ def start_socket_activate(processes):
     assert host == "[::1]"
     for attempt in range(5):
         port = loopback_port()
-        p = ActivatedProcess(
+        p = CommandProcess(
             [
                 activate,
                 "--listen=%s:%d" % (host, port),
@@ -299,7 +268,7 @@ def test_restart_loses_no_connection(processes):
         port = listener.getsockname()[1]
 
         def start():
-            p = ActivatedProcess(
+            p = CommandProcess(
                 [sys.executable, "-c", EXEC_WITH_LISTEN_FDS, str(listener.fileno()), name]
                 + command,
                 pass_fds=[listener.fileno()],

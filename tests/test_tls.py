@@ -21,7 +21,7 @@ from treq.client import HTTPClient
 from twisted.internet import reactor, ssl
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseNeverReceived
 
-from conftest import start_pcsignal
+from conftest import TWISTD, start_pcsignal
 from test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -34,10 +34,15 @@ from test_browser import (
     peer_button,
     sign_in,
 )
-from deploy_support import (
+from deploy_support import (  # noqa: F401 (processes is a fixture)
     ETC,
+    INSTALLED_TWISTD,
+    CommandProcess,
     environment_assignments,
+    environment_file,
     exchange_message,
+    expand_command,
+    processes,
     unit_setting,
     unit_settings,
     write_certificate_chain,
@@ -154,3 +159,51 @@ def test_browser_call_over_https(tmp_path, run_twistd):
         chromium.run(scenario, chromium.browser)
     finally:
         chromium.close()
+
+
+# -- pcpeer over HTTPS -------------------------------------------------------------
+
+PCPEER_UNIT = os.path.join(ETC, "pcpeer@.service")
+PCPEER_EXAMPLE = os.path.join(ETC, "default", "pcpeer-example")
+EXAMPLE_SERVER = "https://signal.example.org:8443"
+
+
+def bot_command(server_url):
+    """pcpeer@.service's ExecStart= with etc/default/pcpeer-example's options."""
+    options = environment_file(PCPEER_EXAMPLE)["PCPEER_OPTIONS"]
+    assert EXAMPLE_SERVER in options
+    env = {"PCPEER_OPTIONS": options.replace(EXAMPLE_SERVER, server_url)}
+    argv = expand_command(unit_setting(PCPEER_UNIT, "ExecStart"), env)
+    assert argv[0] == INSTALLED_TWISTD
+    # Loopback only: the tests never use another interface.
+    return [TWISTD] + argv[1:] + ["--ice-address", "127.0.0.1"]
+
+
+def test_pcpeer_calls_over_https(tmp_path, run_twistd, processes):
+    """
+    The example bot (pcpeer@.service with etc/default/pcpeer-example) signs in
+    over https, trusting our CA through SSL_CERT_FILE as the example file
+    says; another pcpeer calls it and receives its media.  A pcpeer that does
+    not trust the CA cannot sign in.
+    """
+    ca_pem, _ = write_certificate_chain(str(tmp_path))
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca_pem)
+    with open(PCPEER_EXAMPLE, encoding="utf-8") as f:
+        assert re.search(r"^# SSL_CERT_FILE=/\S+\.pem$", f.read(), re.M)
+    trust = {"SSL_CERT_FILE": str(ca_file)}
+    _, url = start_pcsignal(run_twistd, *tls_listen_arguments(str(tmp_path)))
+    url = url.replace("http://", "https://")
+
+    bot = CommandProcess(bot_command(url), env=trust)
+    processes.append(bot)
+    loopback = ("--ice-address", "127.0.0.1")
+    untrusting = run_twistd("pcpeer", "--server", url, "--name", "untrusting", *loopback)
+    caller = run_twistd(
+        "pcpeer", "--server", url, "--name", "caller", "--call", "echo-bot", *loopback, env=trust
+    )
+    bot.wait_for_log(r"signed in to https://127\.0\.0\.1:\d+ as echo-bot ")
+    caller.wait_for_log(r"call with echo-bot \(\d+\) connected in")
+    caller.wait_for_log(r"first video frame \d+x\d+ from echo-bot")
+    untrusting.wait_for_log(r"cannot sign in to https://.*certificate verify failed")
+    assert " signed in to " not in untrusting.output()
