@@ -1,0 +1,581 @@
+"""
+Calls as protocol events: one RTCPeerConnection per remote peer.
+
+CallManager turns the messages of PROTOCOL.md into call actions:
+
+- offer: answer it (or decline with ``BYE``: ``--no-answer``, ``--max-calls``);
+- answer: the remote description of our pending offer;
+- candidate: ``addIceCandidate`` (``candidate:`` prefix optional);
+- ``BYE``, or the remote peer signing out: that call ends;
+- ``offer-loopback`` (the native client's loopback hack): declined, logged.
+
+Messages from one peer are handled strictly in arrival order, one at a time
+(a candidate never overtakes the offer before it).  Messages that make no
+sense (not JSON, a candidate or answer for no call) are logged and ignored.
+
+Glare, both peers offering at once, is settled by id: the peer with the
+lower id keeps its offer and ignores the other; the peer with the higher id
+drops its own offer and answers.  Both sides reach the same single call
+without another round trip.
+
+This module needs only aiortc and asyncio (plus Twisted's logger, which
+does not need the reactor), so it works under ``twistd``, in a Twisted
+program on the asyncio reactor, or in a plain asyncio program.  Methods
+meant for callers return a Deferred when txaio is set to Twisted, else an
+asyncio future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os.path
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaRecorder, MediaRelay
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import SessionDescription as ParsedSdp
+from aiortc.sdp import candidate_from_sdp
+from pyee.base import EventEmitter
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from pcsignal import protocol
+from pcsignal.peer.framework import api_future
+from pcsignal.peer.ice import ice_configuration
+from pcsignal.peer.media import KINDS, RECORDABLE_KINDS, CountingTrack, SharedSource, recording_path
+
+#: Received-frame counts that get an info log line (tests wait for them).
+FRAME_MILESTONES = (1, 30, 60, 100, 300, 1000)
+
+SendFunction = Callable[[int, bytes], Any]
+
+
+@dataclass
+class CallConfig:
+    """How calls behave; the ``twistd pcpeer`` options map onto this."""
+
+    answer: bool = True
+    max_calls: Optional[int] = None
+    ice: RTCConfiguration = field(default_factory=ice_configuration)
+    record: Optional[str] = None
+    echo: bool = False
+    stats_interval: float = 5.0
+
+
+def label(peer_name: str, peer_id: int) -> str:
+    return "%s (%d)" % (peer_name, peer_id)
+
+
+class Call:
+    """One call with one remote peer."""
+
+    def __init__(self, manager: "CallManager", peer_id: int, peer_name: str, role: str) -> None:
+        self.manager = manager
+        self.peer_id = peer_id
+        self.peer_name = peer_name
+        self.role = role  # "caller" or "callee"
+        self.label = label(peer_name, peer_id)
+        self.log = Logger(namespace="pcpeer.call.%d" % (peer_id,))
+        self.config = manager.config
+        self.pc = RTCPeerConnection(self.config.ice)
+        self.started = time.monotonic()
+        self.sent: dict[str, CountingTrack] = {}
+        self.received: dict[str, CountingTrack] = {}
+        self.recording: Optional[str] = None
+        self.end_reason: Optional[str] = None
+        loop = asyncio.get_event_loop()
+        self.connected: asyncio.Future = loop.create_future()
+        self.ended: asyncio.Future = loop.create_future()
+        self.first_frame: dict[str, asyncio.Future] = {kind: loop.create_future() for kind in KINDS}
+        self._source_proxies: dict[str, MediaStreamTrack] = {}
+        self._recorder: Optional[MediaRecorder] = None
+        self._recorder_started = False
+        self._sinks: list[asyncio.Task] = []
+        self._stats_task: Optional[asyncio.Task] = None
+        self._watched_transports: set[int] = set()
+        self._watch_peer_connection()
+
+    # -- public, for API users -------------------------------------------------
+
+    def wait_connected(self):
+        """Fires when ICE and DTLS are up (the framework's future)."""
+        return api_future(asyncio.shield(self.connected))
+
+    def wait_first_frame(self, kind: str = "video"):
+        """Fires with the seconds from call start to the first decoded frame."""
+        return api_future(asyncio.shield(self.first_frame[kind]))
+
+    def wait_ended(self):
+        """Fires with the reason when the call has ended and is cleaned up."""
+        return api_future(asyncio.shield(self.ended))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Frames sent and received so far, per kind."""
+        return {
+            "sent": {kind: track.frames for kind, track in self.sent.items()},
+            "received": {kind: track.frames for kind, track in self.received.items()},
+        }
+
+    # -- negotiation -----------------------------------------------------------
+
+    async def make_offer(self) -> None:
+        self._attach_outgoing(KINDS, caller=True)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        self._watch_dtls()
+        self.log.info("sending offer to {label}", label=self.label)
+        self.manager.send(self.peer_id, protocol.SessionDescription("offer", self.pc.localDescription.sdp))
+
+    async def accept_offer(self, sdp: str) -> None:
+        first = self.pc.remoteDescription is None
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        if first:
+            offered = [t.kind for t in self.pc.getTransceivers() if t.kind in KINDS]
+            self._attach_outgoing(offered, caller=False)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._watch_dtls()
+        self.log.info("sending answer to {label}", label=self.label)
+        self.manager.send(self.peer_id, protocol.SessionDescription("answer", self.pc.localDescription.sdp))
+        self._log_codecs(self.pc.localDescription.sdp)
+        await self._start_recorder()
+
+    async def accept_answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        self._log_codecs(sdp)
+        await self._start_recorder()
+
+    async def add_candidate(self, message: protocol.IceCandidate) -> None:
+        text = message.candidate.strip()
+        if text.startswith("a="):
+            text = text[2:]
+        if text.startswith("candidate:"):
+            text = text[len("candidate:") :]
+        if not text:
+            # Browsers end trickling with an empty candidate.
+            self.log.debug("end of candidates from {label}", label=self.label)
+            await self.pc.addIceCandidate(None)
+            return
+        candidate = candidate_from_sdp(text)
+        candidate.sdpMid = message.sdpMid
+        # With BUNDLE every m-line shares one transport, so the first is right
+        # when a (non-standard) sender names neither.
+        candidate.sdpMLineIndex = message.sdpMLineIndex
+        if message.sdpMid is None and message.sdpMLineIndex is None:
+            candidate.sdpMLineIndex = 0
+        await self.pc.addIceCandidate(candidate)
+        self.log.debug("candidate from {label}: {candidate}", label=self.label, candidate=text)
+
+    # -- media -----------------------------------------------------------------
+
+    def _attach_outgoing(self, kinds, caller: bool) -> None:
+        """Put our media on the connection (echo tracks arrive later, in _on_track)."""
+        if not self.config.echo:
+            self._source_proxies = self.manager.source.subscribe()
+        for kind in kinds:
+            proxy = self._source_proxies.get(kind)
+            if proxy is not None:
+                self.sent[kind] = CountingTrack(proxy)
+                self.pc.addTrack(self.sent[kind])
+            elif caller:
+                # Still receive what the source cannot send; with --echo,
+                # send back what arrives there.
+                self.pc.addTransceiver(kind, direction="sendrecv" if self.config.echo else "recvonly")
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        kind = track.kind
+        if kind not in KINDS or kind in self.received:
+            self.log.info("ignoring extra {kind} track from {label}", kind=kind, label=self.label)
+            self._sinks.append(asyncio.ensure_future(_drain(track)))
+            return
+        self.log.info("receiving {kind} from {label}", kind=kind, label=self.label)
+        counted = self.received[kind] = CountingTrack(track, self._on_received_frame)
+        consumers = []
+        if self.config.echo:
+            consumers.append("echo")
+        if self.config.record and kind in RECORDABLE_KINDS[_extension(self.config.record)] and not self._recorder_started:
+            consumers.append("record")
+        relay = MediaRelay() if len(consumers) > 1 else None
+        for consumer in consumers:
+            # The recorder must not drop frames; echo wants the latest one.
+            feed = relay.subscribe(counted, buffered=consumer == "record") if relay else counted
+            if consumer == "echo":
+                self.sent[kind] = CountingTrack(feed)
+                self.pc.addTrack(self.sent[kind])
+            else:
+                self._recorder_for_call().addTrack(feed)
+        if not consumers:
+            # Decode and count even when nothing uses the media.
+            self._sinks.append(asyncio.ensure_future(_drain(counted)))
+
+    def _recorder_for_call(self) -> MediaRecorder:
+        if self._recorder is None:
+            self.recording = recording_path(self.config.record, self.peer_name, self.peer_id)
+            self._recorder = MediaRecorder(self.recording)
+        return self._recorder
+
+    async def _start_recorder(self) -> None:
+        if self._recorder is not None and not self._recorder_started:
+            self._recorder_started = True
+            await self._recorder.start()
+            self.log.info("recording call with {label} to {path}", label=self.label, path=self.recording)
+
+    def _on_received_frame(self, track: CountingTrack) -> None:
+        if track.frames == 1:
+            elapsed = time.monotonic() - self.started
+            if not self.first_frame[track.kind].done():
+                self.first_frame[track.kind].set_result(elapsed)
+            size = " %dx%d" % track.size if track.size else ""
+            self.log.info(
+                "first {kind} frame{size} from {label} after {elapsed:.3f} s",
+                kind=track.kind,
+                size=size,
+                label=self.label,
+                elapsed=elapsed,
+            )
+        elif track.frames in FRAME_MILESTONES:
+            self.log.info(
+                "received {n} {kind} frames from {label}", n=track.frames, kind=track.kind, label=self.label
+            )
+
+    # -- state and statistics ----------------------------------------------------
+
+    def _watch_peer_connection(self) -> None:
+        pc = self.pc
+
+        @pc.on("track")
+        def on_track(track):
+            self._on_track(track)
+
+        @pc.on("datachannel")
+        def on_datachannel(channel):
+            self.log.info("data channel {name!r} opened by {label}", name=channel.label, label=self.label)
+
+            @channel.on("message")
+            def on_message(message):
+                # Echo, so that a browser can check the path end to end.
+                self.log.debug("data channel {name!r}: {message!r}", name=channel.label, message=message)
+                channel.send(message)
+
+        @pc.on("signalingstatechange")
+        def on_signaling_state():
+            self.log.debug("signaling state with {label}: {state}", label=self.label, state=pc.signalingState)
+
+        @pc.on("icegatheringstatechange")
+        def on_ice_gathering_state():
+            self.log.debug("ICE gathering with {label}: {state}", label=self.label, state=pc.iceGatheringState)
+
+        @pc.on("iceconnectionstatechange")
+        def on_ice_state():
+            self.log.info("ICE with {label}: {state}", label=self.label, state=pc.iceConnectionState)
+
+        @pc.on("connectionstatechange")
+        def on_connection_state():
+            state = pc.connectionState
+            if state == "connected":
+                elapsed = time.monotonic() - self.started
+                self.log.info("call with {label} connected in {elapsed:.3f} s", label=self.label, elapsed=elapsed)
+                if not self.connected.done():
+                    self.connected.set_result(elapsed)
+                if self._stats_task is None and self.config.stats_interval > 0:
+                    self._stats_task = asyncio.ensure_future(self._log_stats_forever())
+            elif state == "failed":
+                self.manager.end_call_soon(self.peer_id, "connection failed", send_bye=True)
+
+    def _watch_dtls(self) -> None:
+        for transceiver in self.pc.getTransceivers():
+            transport = transceiver.sender.transport
+            if transport is None or id(transport) in self._watched_transports:
+                continue
+            self._watched_transports.add(id(transport))
+
+            def on_dtls_state(transport=transport):
+                self.log.info("DTLS with {label}: {state}", label=self.label, state=transport.state)
+
+            transport.on("statechange", on_dtls_state)
+
+    def _log_codecs(self, answer_sdp: str) -> None:
+        """The answer's first codec per m-line is what both sides use."""
+        try:
+            media = ParsedSdp.parse(answer_sdp).media
+        except Exception as e:
+            self.log.warn("cannot read codecs from the answer of {label}: {e}", label=self.label, e=e)
+            return
+        codecs = []
+        for m in media:
+            usable = [c for c in m.rtp.codecs if c.mimeType.split("/")[-1].lower() not in ("rtx", "red", "ulpfec")]
+            if usable and m.port != 0:
+                c = usable[0]
+                codecs.append("%s %d%s" % (c.mimeType, c.clockRate, "/%d" % c.channels if c.channels else ""))
+        self.log.info("codecs with {label}: {codecs}", label=self.label, codecs=", ".join(codecs) or "none")
+
+    async def _rtp_counts(self) -> dict[str, Any]:
+        """Packets and bytes per kind (aiortc counts received bytes per transport only)."""
+        counts: dict[str, Any] = {"sent": {}, "received": {}, "lost": {}, "bytes_sent": 0, "bytes_received": 0}
+        transports = set()
+        for stats in (await self.pc.getStats()).values():
+            if stats.type == "outbound-rtp":
+                packets, sent = counts["sent"].get(stats.kind, (0, 0))
+                counts["sent"][stats.kind] = (packets + stats.packetsSent, sent + stats.bytesSent)
+            elif stats.type == "inbound-rtp":
+                counts["received"][stats.kind] = counts["received"].get(stats.kind, 0) + stats.packetsReceived
+                counts["lost"][stats.kind] = counts["lost"].get(stats.kind, 0) + stats.packetsLost
+            elif stats.type == "transport" and stats.id not in transports:
+                transports.add(stats.id)
+                counts["bytes_sent"] += stats.bytesSent
+                counts["bytes_received"] += stats.bytesReceived
+        return counts
+
+    async def summary(self) -> str:
+        """Frames, packets and bytes so far, for the periodic and final log lines."""
+        try:
+            rtp = await self._rtp_counts()
+        except Exception:  # a closed connection has no statistics left
+            rtp = {"sent": {}, "received": {}, "lost": {}, "bytes_sent": 0, "bytes_received": 0}
+        sent, received = [], []
+        for kind in KINDS:
+            if kind in self.sent or kind in rtp["sent"]:
+                frames = self.sent[kind].frames if kind in self.sent else 0
+                packets, octets = rtp["sent"].get(kind, (0, 0))
+                sent.append("%s %d frames %d packets %d bytes" % (kind, frames, packets, octets))
+            if kind in self.received or kind in rtp["received"]:
+                frames = self.received[kind].frames if kind in self.received else 0
+                received.append(
+                    "%s %d frames %d packets (%d lost)"
+                    % (kind, frames, rtp["received"].get(kind, 0), rtp["lost"].get(kind, 0))
+                )
+        return "sent %s; received %s; %d bytes out, %d bytes in" % (
+            ", ".join(sent) or "nothing",
+            ", ".join(received) or "nothing",
+            rtp["bytes_sent"],
+            rtp["bytes_received"],
+        )
+
+    async def _log_stats_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_interval)
+            self.log.info("call with {label}: {summary}", label=self.label, summary=await self.summary())
+
+    # -- ending ----------------------------------------------------------------
+
+    async def close(self, reason: str) -> None:
+        """Tear down media and the connection (the manager sends any BYE)."""
+        if self.end_reason is not None:
+            return
+        self.end_reason = reason
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+        summary = await self.summary()
+        if self._recorder is not None:
+            try:
+                await self._recorder.stop()
+            except Exception as e:
+                self.log.warn("recording {path} may be incomplete: {e}", path=self.recording, e=e)
+            else:
+                if self._recorder_started:
+                    self.log.info("recorded call with {label} to {path}", label=self.label, path=self.recording)
+        if self._source_proxies:
+            self.manager.source.unsubscribe(self._source_proxies)
+            self._source_proxies = {}
+        await self.pc.close()
+        for sink in self._sinks:
+            sink.cancel()
+        self.log.info(
+            "call with {label} ended ({reason}) after {elapsed:.1f} s: {summary}",
+            label=self.label,
+            reason=reason,
+            elapsed=time.monotonic() - self.started,
+            summary=summary,
+        )
+        for future in [self.connected, *self.first_frame.values()]:
+            if not future.done():
+                future.set_exception(CallEnded(reason))
+                future.exception()  # nobody may be waiting: not an unhandled error
+        self.ended.set_result(reason)
+
+
+class CallEnded(Exception):
+    """The call ended before what was being waited for happened."""
+
+
+class CallRefused(Exception):
+    """A call could not be started (limit reached, or already in a call)."""
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    try:
+        while True:
+            await track.recv()
+    except MediaStreamError:
+        pass
+
+
+def _extension(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
+
+
+class CallManager(EventEmitter):
+    """
+    All calls of one peer, driven by protocol messages.
+
+    ``send(peer_id, body_bytes)`` posts a message to a peer (the signaling
+    client's ``send``); it may return a Deferred or future, whose failure is
+    only logged.  ``local_id`` is our own peer id, set on sign-in; it
+    settles glare.
+
+    Events (pyee): ``call_started(call)``, ``call_ended(call, reason)``.
+    """
+
+    def __init__(self, send: SendFunction, source: SharedSource, config: Optional[CallConfig] = None) -> None:
+        super().__init__()
+        self.log = Logger(namespace="pcpeer.calls")
+        self._send = send
+        self.source = source
+        self.config = config or CallConfig()
+        self.local_id: Optional[int] = None
+        self.calls: dict[int, Call] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    # -- for API users -----------------------------------------------------------
+
+    def handle_message(self, peer_id: int, peer_name: str, body: bytes):
+        """Act on one message from a peer; returns when it has been handled."""
+        return api_future(self._serially(peer_id, self._handle_message, peer_id, peer_name, body))
+
+    def call(self, peer_id: int, peer_name: str):
+        """Call a peer: fires with the Call once the offer is on its way."""
+        return api_future(self.dial(peer_id, peer_name))
+
+    async def dial(self, peer_id: int, peer_name: str) -> Call:
+        """``call`` as a coroutine, for asyncio code."""
+        return await self._serially(peer_id, self._start_call, peer_id, peer_name)
+
+    def hang_up(self, peer_id: int, reason: str = "hung up"):
+        """End the call with a peer and tell it (``BYE``)."""
+        return api_future(self._serially(peer_id, self._end_call, peer_id, reason, True))
+
+    def peer_left(self, peer_id: int):
+        """The peer signed out: its call ends without a ``BYE``."""
+        return api_future(self._serially(peer_id, self._end_call, peer_id, "peer signed out", False))
+
+    def close(self):
+        """Hang up every call."""
+        return api_future(self.hang_up_all())
+
+    # -- internals ---------------------------------------------------------------
+
+    def send(self, peer_id: int, message) -> None:
+        result = self._send(peer_id, message.encode())
+        if isinstance(result, Deferred):
+            result.addErrback(lambda failure: None)  # the signaling client logs it
+        elif isinstance(result, asyncio.Future):
+            result.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def end_call_soon(self, peer_id: int, reason: str, send_bye: bool) -> None:
+        asyncio.ensure_future(self._serially(peer_id, self._end_call, peer_id, reason, send_bye))
+
+    async def _serially(self, peer_id: int, handler, *args):
+        lock = self._locks.setdefault(peer_id, asyncio.Lock())
+        async with lock:
+            return await handler(*args)
+
+    async def hang_up_all(self) -> None:
+        """``close`` as a coroutine, for asyncio code."""
+        await asyncio.gather(*[self._serially(pid, self._end_call, pid, "stopping", True) for pid in list(self.calls)])
+
+    def _new_call(self, peer_id: int, peer_name: str, role: str) -> Call:
+        call = Call(self, peer_id, peer_name, role)
+        self.calls[peer_id] = call
+        self.emit("call_started", call)
+        return call
+
+    def _full(self) -> bool:
+        return self.config.max_calls is not None and len(self.calls) >= self.config.max_calls
+
+    async def _start_call(self, peer_id: int, peer_name: str) -> Call:
+        if peer_id in self.calls:
+            raise CallRefused("already in a call with %s" % (label(peer_name, peer_id),))
+        if self._full():
+            raise CallRefused("already in %d calls (--max-calls)" % (len(self.calls),))
+        call = self._new_call(peer_id, peer_name, "caller")
+        self.log.info("calling {label}", label=call.label)
+        try:
+            await call.make_offer()
+        except Exception as e:
+            await self._end_call(peer_id, "could not make an offer: %s" % (e,), False)
+            raise
+        return call
+
+    async def _end_call(self, peer_id: int, reason: str, send_bye: bool) -> None:
+        call = self.calls.pop(peer_id, None)
+        if call is None:
+            return
+        if send_bye:
+            self.send(peer_id, protocol.Bye())
+        await call.close(reason)
+        self.emit("call_ended", call, reason)
+
+    async def _handle_message(self, peer_id: int, peer_name: str, body: bytes) -> None:
+        message = protocol.parse_message(body)
+        who = label(peer_name, peer_id)
+        call = self.calls.get(peer_id)
+        if isinstance(message, protocol.Unrecognised):
+            self.log.warn("ignoring message from {who}: {reason}", who=who, reason=message.reason)
+        elif isinstance(message, protocol.Bye):
+            if call is None:
+                self.log.info("BYE from {who}, with whom there is no call: ignored", who=who)
+            else:
+                await self._end_call(peer_id, "BYE received", False)
+        elif isinstance(message, protocol.IceCandidate):
+            if call is None:
+                self.log.warn("ignoring candidate from {who}: no call with that peer", who=who)
+            else:
+                await self._guarded(call, "candidate", call.add_candidate(message), fatal=False)
+        elif message.type == "offer":
+            await self._on_offer(peer_id, peer_name, message.sdp)
+        elif message.type == "answer":
+            if call is None or call.pc.signalingState != "have-local-offer":
+                self.log.warn("ignoring answer from {who}: we made no offer to it", who=who)
+            else:
+                await self._guarded(call, "answer", call.accept_answer(message.sdp), fatal=True)
+        elif message.type == "offer-loopback":
+            self.log.info("declining offer-loopback from {who}: loopback calls are not supported", who=who)
+        else:
+            self.log.warn("ignoring session description of type {type!r} from {who}", type=message.type, who=who)
+
+    async def _on_offer(self, peer_id: int, peer_name: str, sdp: str) -> None:
+        who = label(peer_name, peer_id)
+        call = self.calls.get(peer_id)
+        if call is not None and call.pc.signalingState == "have-local-offer":
+            if self.local_id is not None and self.local_id < peer_id:
+                self.log.info("glare with {who}: both offered; ours stands (the lower id wins)", who=who)
+                return
+            self.log.info("glare with {who}: both offered; answering theirs (the higher id yields)", who=who)
+            self.calls.pop(peer_id)
+            await call.close("glare: yielded to the other offer")
+            call = None
+        if call is None:
+            refusal = None
+            if not self.config.answer:
+                refusal = "not answering calls (--no-answer)"
+            elif self._full():
+                refusal = "already in %d calls (--max-calls)" % (len(self.calls),)
+            if refusal:
+                self.log.info("declining call from {who}: {refusal}", who=who, refusal=refusal)
+                self.send(peer_id, protocol.Bye())
+                return
+            call = self._new_call(peer_id, peer_name, "callee")
+            self.log.info("answering call from {who}", who=who)
+        await self._guarded(call, "offer", call.accept_offer(sdp), fatal=True)
+
+    async def _guarded(self, call: Call, what: str, action, fatal: bool) -> None:
+        """Run one negotiation step; a bad one is logged (and ends the call if fatal)."""
+        try:
+            await action
+        except Exception as e:
+            if fatal:
+                call.log.warn("bad {what} from {label}: {e!r}; hanging up", what=what, label=call.label, e=e)
+                await self._end_call(call.peer_id, "bad %s" % (what,), True)
+            else:
+                call.log.warn("ignoring bad {what} from {label}: {e!r}", what=what, label=call.label, e=e)

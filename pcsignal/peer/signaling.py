@@ -1,0 +1,356 @@
+"""
+The signaling client: a peer of PROTOCOL.md over HTTP, with the native
+client's habits.
+
+- Sign in (``/sign_in?NAME``), then keep one hanging GET (``/wait``) parked,
+  re-issued as soon as it is answered.  Every request uses its own
+  connection (a non-persistent pool), as the native client does, so the
+  parked GET never holds up a message.
+- Messages go out strictly one at a time, in order: the next POST starts
+  when the previous one has been answered.
+- A server that cannot be reached is retried after 2 s, then with the delay
+  doubling up to ``max_retry_delay``.
+- When the server has forgotten us (a non-200 answer on ``/wait``) or may
+  have restarted (the hanging GET's connection failed), sign in again.  If
+  the new peer list still shows our old id under our name, the server did
+  not restart: that stale entry is signed out.
+- The peer list is kept from the sign-in answer and the notifications.
+- ``stop()`` signs out.
+
+Events (pyee; handlers may return Deferreds or be coroutines):
+
+- ``signed_in(peer_id, peers)``: signed in; peers maps id to name;
+- ``peer_joined(peer_id, name)`` and ``peer_left(peer_id, name)``, also
+  for the differences between two peer lists after signing in again;
+- ``message(peer_id, body)``: a message from another peer (bytes);
+- ``disconnected(reason)``: we are no longer signed in;
+- ``retrying(delay, reason)``: the server could not be reached.
+
+Time comes from the ``clock`` given (an IReactorTime), so back-off can be
+tested with ``twisted.internet.task.Clock``.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Optional
+from urllib.parse import quote
+
+import treq
+from treq.client import HTTPClient
+from pyee.twisted import TwistedEventEmitter
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+
+from pcsignal import protocol
+
+DEFAULT_RETRY_DELAY = 2.0
+DEFAULT_MAX_RETRY_DELAY = 10.0
+SIGN_OUT_TIMEOUT = 5.0
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # One connection per request: "Starting factory" lines would drown the log.
+    noisy = False
+
+
+class _QuietConnectionPool(HTTPConnectionPool):
+    _factory = _QuietClientFactory
+
+
+class SignalingError(Exception):
+    """The server answered, but not as the protocol says it should."""
+
+
+class NotSignedIn(SignalingError):
+    """A message could not be sent: we are not signed in."""
+
+
+class SignalingClient(TwistedEventEmitter):
+    """One peer's session with a signaling server (see the module docstring)."""
+
+    def __init__(
+        self,
+        server_url: str,
+        name: str,
+        reactor=None,
+        clock=None,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
+    ) -> None:
+        super().__init__()
+        self.log = Logger(namespace="pcpeer.signaling")
+        if reactor is None:
+            from twisted.internet import reactor
+        self.server_url = server_url.rstrip("/")
+        self.name = name
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max(retry_delay, max_retry_delay)
+        self._clock = clock if clock is not None else reactor
+        self._http = HTTPClient(Agent(reactor, pool=_QuietConnectionPool(reactor, persistent=False)))
+        #: Our id while signed in, else None.
+        self.peer_id: Optional[int] = None
+        #: Our name as the server spells it (it may clean it).
+        self.server_name: Optional[str] = None
+        #: The other signed-in peers: id -> name.
+        self.peers: dict[int, str] = {}
+        self._running = False
+        self._run: Optional[Deferred] = None
+        self._pending: Optional[Deferred] = None
+        self._first_sign_in: Optional[Deferred] = None
+        self._outbox: collections.deque = collections.deque()
+        self._sending = False
+        self._drained: list[Deferred] = []
+        self.on("failure", self._log_handler_failure)
+
+    # -- public API --------------------------------------------------------------
+
+    def start(self) -> Deferred:
+        """Start signing in; fires with our id once signed in the first time."""
+        if self._running:
+            raise RuntimeError("already started")
+        self._running = True
+        self._first_sign_in = Deferred()
+        self._run = ensureDeferred(self._run_forever())
+        self._run.addErrback(self._log_crash)
+        return self._first_sign_in
+
+    def stop(self) -> Deferred:
+        """Stop waiting, fail queued messages, and sign out."""
+        return ensureDeferred(self._stop())
+
+    def send(self, to_id: int, body: bytes) -> Deferred:
+        """Queue a message; fires when the server has accepted it (in order)."""
+        d: Deferred = Deferred()
+        self._outbox.append((to_id, body, d))
+        if not self._sending:
+            ensureDeferred(self._drain_outbox()).addErrback(self._log_crash)
+        return d
+
+    def find_peer(self, name_or_id: str) -> Optional[int]:
+        """The id of a listed peer given its id or its name (oldest first)."""
+        peer_id = protocol.atoi(name_or_id) if name_or_id.strip().isdigit() else None
+        if peer_id in self.peers:
+            return peer_id
+        for pid, name in self.peers.items():
+            if name == name_or_id:
+                return pid
+        return None
+
+    # -- the session loop ----------------------------------------------------------
+
+    async def _run_forever(self) -> None:
+        delay = self.retry_delay
+        while self._running:
+            try:
+                await self._sign_in()
+            except Exception as e:
+                if not self._running:
+                    return  # cancelled by stop()
+                reason = _describe(e)
+                self.log.warn(
+                    "cannot sign in to {url}: {reason}; retrying in {delay:.0f} s",
+                    url=self.server_url,
+                    reason=reason,
+                    delay=delay,
+                )
+                self.emit("retrying", delay, reason)
+                if not await self._sleep(delay):
+                    return
+                delay = min(delay * 2, self.max_retry_delay)
+                continue
+            delay = self.retry_delay
+            reason = await self._wait_forever()
+            if reason is None:
+                return
+            self._signed_out(reason)
+
+    async def _sign_in(self) -> None:
+        old_id, old_name = self.peer_id, self.server_name
+        url = "%s/sign_in?%s" % (self.server_url, quote(self.name, safe=""))
+        response, body = await self._request("GET", url, loop=True)
+        if response.code != 200:
+            raise SignalingError("sign-in answered %d" % (response.code,))
+        peer_id = protocol.atoi(_pragma(response))
+        entries = protocol.parse_entries(body)
+        if peer_id is None or not entries or entries[0].peer_id != peer_id:
+            raise SignalingError("sign-in answer without our id (Pragma %r)" % (_pragma(response),))
+        stale = old_id is not None and any(e.peer_id == old_id and e.name == old_name for e in entries[1:])
+        old_peers = self.peers
+        self.peer_id, self.server_name = peer_id, entries[0].name
+        self.peers = {e.peer_id: e.name for e in entries[1:] if e.connected and e.peer_id != old_id}
+        self.log.info(
+            "signed in to {url} as {name} ({id}); {count} other peer(s)",
+            url=self.server_url,
+            name=self.server_name,
+            id=peer_id,
+            count=len(self.peers),
+        )
+        if stale:
+            self.log.info("signing out our previous id {id}", id=old_id)
+            ensureDeferred(self._sign_out(old_id))
+        for pid, name in old_peers.items():
+            if pid not in self.peers:
+                self.emit("peer_left", pid, name)
+        self.emit("signed_in", peer_id, dict(self.peers))
+        for pid, name in self.peers.items():
+            if pid not in old_peers:
+                self.emit("peer_joined", pid, name)
+        if self._first_sign_in is not None:
+            first, self._first_sign_in = self._first_sign_in, None
+            first.callback(peer_id)
+
+    async def _wait_forever(self) -> Optional[str]:
+        """Keep the hanging GET parked; returns why we are no longer signed in (None: stopped)."""
+        while self._running:
+            url = "%s/wait?peer_id=%d" % (self.server_url, self.peer_id)
+            try:
+                response, body = await self._request("GET", url, loop=True)
+            except Exception as e:
+                if not self._running:
+                    return None  # cancelled by stop()
+                return "the hanging GET failed (%s): the server may have restarted" % (_describe(e),)
+            if response.code != 200:
+                return "the server answered %d on /wait: it has forgotten us" % (response.code,)
+            sender = protocol.atoi(_pragma(response))
+            if sender is None:
+                self.log.warn("ignoring a /wait answer without a peer id in Pragma")
+            elif sender == self.peer_id:
+                self._notification(body)
+            else:
+                self.emit("message", sender, body)
+        return None
+
+    def _notification(self, body: bytes) -> None:
+        for entry in protocol.parse_entries(body):
+            if entry.peer_id == self.peer_id:
+                continue
+            if entry.connected and entry.peer_id not in self.peers:
+                self.peers[entry.peer_id] = entry.name
+                self.log.info("{name} ({id}) signed in", name=entry.name, id=entry.peer_id)
+                self.emit("peer_joined", entry.peer_id, entry.name)
+            elif not entry.connected and entry.peer_id in self.peers:
+                name = self.peers.pop(entry.peer_id)
+                self.log.info("{name} ({id}) signed out", name=name, id=entry.peer_id)
+                self.emit("peer_left", entry.peer_id, name)
+
+    def _signed_out(self, reason: str) -> None:
+        self.log.warn("no longer signed in: {reason}; signing in again", reason=reason)
+        self.emit("disconnected", reason)
+
+    async def _stop(self) -> None:
+        self._running = False
+        if self._pending is not None:
+            self._pending.cancel()
+        if self._run is not None:
+            await self._run
+        if self._first_sign_in is not None:
+            first, self._first_sign_in = self._first_sign_in, None
+            first.errback(NotSignedIn("stopped before signing in"))
+        if self._sending:
+            # Let queued messages (hang-ups, typically) go out before signing out.
+            drained: Deferred = Deferred()
+            self._drained.append(drained)
+            drained.addTimeout(SIGN_OUT_TIMEOUT, self._clock)
+            try:
+                await drained
+            except Exception:
+                self.log.warn("stopping with {n} message(s) unsent", n=len(self._outbox))
+        while self._outbox:
+            _, _, d = self._outbox.popleft()
+            d.errback(NotSignedIn("stopping"))
+        if self.peer_id is not None:
+            peer_id, self.peer_id = self.peer_id, None
+            await self._sign_out(peer_id)
+            self.emit("disconnected", "signed out")
+
+    async def _sign_out(self, peer_id: int) -> None:
+        url = "%s/sign_out?peer_id=%d" % (self.server_url, peer_id)
+        try:
+            response, _ = await self._request("GET", url, timeout=SIGN_OUT_TIMEOUT)
+        except Exception as e:
+            self.log.warn("sign-out of {id} failed: {reason}", id=peer_id, reason=_describe(e))
+        else:
+            self.log.info("signed out {id} ({code})", id=peer_id, code=response.code)
+
+    # -- sending ---------------------------------------------------------------
+
+    async def _drain_outbox(self) -> None:
+        self._sending = True
+        try:
+            while self._outbox:
+                to_id, body, d = self._outbox.popleft()
+                if self.peer_id is None:
+                    self.log.warn("not sending a message to {to}: not signed in", to=to_id)
+                    d.errback(NotSignedIn("not signed in"))
+                    continue
+                url = "%s/message?peer_id=%d&to=%d" % (self.server_url, self.peer_id, to_id)
+                try:
+                    response, answer = await self._request("POST", url, body)
+                except Exception as e:
+                    self.log.warn("message to {to} failed: {reason}", to=to_id, reason=_describe(e))
+                    d.errback(e)
+                    continue
+                if response.code != 200:
+                    reason = answer.decode("utf-8", "replace").strip() or str(response.code)
+                    self.log.warn("message to {to} refused ({code}): {reason}", to=to_id, code=response.code, reason=reason)
+                    d.errback(SignalingError("message refused (%d): %s" % (response.code, reason)))
+                else:
+                    d.callback(None)
+        finally:
+            self._sending = False
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+
+    # -- plumbing --------------------------------------------------------------
+
+    async def _request(
+        self, method: str, url: str, body: Optional[bytes] = None, timeout: Optional[float] = None, loop: bool = False
+    ):
+        """One request and its whole answer; loop=True: the session loop's, which stop() cancels."""
+        headers = {b"Content-Type": [b"text/plain"]} if body is not None else None
+        d = self._http.request(method, url, data=body, headers=headers)
+        if timeout is not None:
+            d.addTimeout(timeout, self._clock)
+        if loop:
+            self._pending = d
+        try:
+            response = await d
+            content = await treq.content(response)
+        finally:
+            if self._pending is d:
+                self._pending = None
+        return response, content
+
+    async def _sleep(self, delay: float) -> bool:
+        """Wait, unless stopped meanwhile; False if stopped."""
+        self._pending = deferLater(self._clock, delay)
+        try:
+            await self._pending
+        except CancelledError:
+            return False
+        finally:
+            self._pending = None
+        return self._running
+
+    def _log_handler_failure(self, failure) -> None:
+        self.log.failure("an event handler failed", failure)
+
+    def _log_crash(self, failure) -> None:
+        self.log.failure("signaling client crashed", failure)
+
+
+def _pragma(response) -> str:
+    values = response.headers.getRawHeaders(b"Pragma") or [b""]
+    return values[0].decode("latin-1")
+
+
+def _describe(error: BaseException) -> str:
+    """A one-line reason for a connection error (treq wraps them in lists)."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        return "; ".join(_describe(r.value) for r in reasons)
+    return str(error) or error.__class__.__name__

@@ -1,0 +1,215 @@
+"""
+``twistd pcpeer``: options and service.
+
+aiortc runs on asyncio, so pcpeer needs Twisted's asyncio reactor.  It
+installs it itself while parsing options, before anything imports the
+default reactor; if a different reactor was chosen (``--reactor=epoll``)
+it stops with a message saying so.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import sys
+
+from twisted.application.service import Service
+from twisted.python import usage
+
+from pcsignal.peer.media import RECORDABLE_KINDS
+
+
+def install_asyncio_reactor():
+    """Install Twisted's asyncio reactor, or fail clearly if another one is installed."""
+    from twisted.internet import asyncioreactor
+
+    if "twisted.internet.reactor" in sys.modules:
+        from twisted.internet import reactor
+
+        if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
+            raise usage.UsageError(
+                "pcpeer needs Twisted's asyncio reactor (aiortc runs on asyncio), but the %s.%s is "
+                "already installed: run twistd without --reactor, or with --reactor=asyncio"
+                % (type(reactor).__module__, type(reactor).__name__)
+            )
+        return reactor
+    asyncioreactor.install()
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def default_name() -> str:
+    """``user@host``, the native client's default."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "user"
+    return "%s@%s" % (user, socket.gethostname())
+
+
+def _video_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise usage.UsageError("--video-size must look like 640x480, not %r" % (text,))
+    if width % 2 or height % 2 or width < 64 or height < 48:
+        raise usage.UsageError("--video-size must be even and at least 64x48")
+    return width, height
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "A headless WebRTC peer (aiortc): signs in to a pcsignal server (or any server speaking "
+        "the peerconnection protocol), answers calls and makes them, streaming a test pattern, "
+        "a file or a device, and optionally recording what it receives."
+    )
+
+    optFlags = [
+        ["no-answer", None, "Refuse incoming calls (answering is the default)."],
+        ["loop", None, "Loop the --play file."],
+        ["echo", None, "Send each caller its own media back instead of our source."],
+    ]
+    optParameters = [
+        ["server", "s", "http://127.0.0.1:8888", "Signaling server URL."],
+        ["name", "n", None, "Name to sign in with [default: user@host]."],
+        ["call", "c", None, "Call this peer (name or id) as soon as it is listed."],
+        ["play", None, None, "Send this file, URL or device (read with PyAV) instead of the test pattern."],
+        ["play-format", None, None, "PyAV/FFmpeg input format for --play, e.g. v4l2, alsa, pulse."],
+        ["video-size", None, (640, 480), "Test pattern size, WIDTHxHEIGHT [default: 640x480].", _video_size],
+        ["fps", None, 30.0, "Test pattern frame rate.", _positive_float],
+        ["record", None, None, "Record each call to PATH-NAME-ID-TIME.EXT (.mp4, .webm, .mkv or .wav)."],
+        ["ice-username", None, None, "Username for the --ice-server TURN servers."],
+        ["ice-credential", None, None, "Credential for the --ice-server TURN servers."],
+        ["max-calls", None, None, "Refuse calls beyond this many at once.", _positive_int],
+        ["stats-interval", None, 5.0, "Seconds between statistics log lines per call (0: none).", _non_negative_float],
+        ["retry-delay", None, 2.0, "Seconds before retrying an unreachable server.", _positive_float],
+        ["max-retry-delay", None, 10.0, "Cap of the doubling retry delay.", _positive_float],
+    ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["ice-servers"] = []
+        self["ice-addresses"] = []
+        self["play-options"] = {}
+
+    def opt_ice_server(self, url):
+        """STUN/TURN server URL (repeatable; none by default)."""
+        self["ice-servers"].append(url)
+
+    def opt_ice_address(self, address):
+        """Offer only this local address as a host candidate (repeatable; default: all but loopback)."""
+        self["ice-addresses"].append(address)
+
+    def opt_play_option(self, option):
+        """KEY=VALUE option for the --play input, e.g. video_size=640x480 (repeatable)."""
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise usage.UsageError("--play-option must be KEY=VALUE, not %r" % (option,))
+        self["play-options"][key] = value
+
+    def postOptions(self):
+        if self["name"] is None:
+            self["name"] = default_name()
+        if not self["server"].startswith(("http://", "https://")):
+            raise usage.UsageError("--server must be an http:// or https:// URL")
+        record = self["record"]
+        if record is not None:
+            ext = os.path.splitext(record)[1].lower()
+            if ext not in RECORDABLE_KINDS:
+                raise usage.UsageError("--record must end in one of %s" % (", ".join(sorted(RECORDABLE_KINDS)),))
+            directory = os.path.dirname(os.path.abspath(record))
+            if not os.path.isdir(directory):
+                raise usage.UsageError("--record directory %s does not exist" % (directory,))
+        play = self["play"]
+        if play is not None and self["play-format"] is None and "://" not in play and not os.path.exists(play):
+            raise usage.UsageError("--play file %s does not exist" % (play,))
+        if self["echo"] and play is not None:
+            raise usage.UsageError("--echo and --play exclude each other")
+        try:
+            from pcsignal.peer.ice import ice_configuration
+            import ipaddress
+
+            for address in self["ice-addresses"]:
+                ipaddress.ip_address(address)
+            ice_configuration(self["ice-servers"], self["ice-username"], self["ice-credential"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        self["reactor"] = install_asyncio_reactor()
+
+
+class PeerService(Service):
+    """Runs a Peer: signs in on start; hangs up and signs out on stop."""
+
+    def __init__(self, peer) -> None:
+        self.peer = peer
+
+    def startService(self):
+        Service.startService(self)
+        d = self.peer.start()
+        d.addErrback(lambda failure: None)  # only fails when stopped before signing in
+
+    def stopService(self):
+        Service.stopService(self)
+        return self.peer.stop()
+
+
+def makeService(options):
+    import txaio
+
+    from pcsignal.peer.call import CallConfig
+    from pcsignal.peer.ice import ice_configuration, restrict_host_addresses
+    from pcsignal.peer.media import SharedSource, pattern_source, player_source
+    from pcsignal.peer.peer import Peer
+
+    txaio.use_twisted()
+    restrict_host_addresses(options["ice-addresses"] or None)
+    if options["play"] is not None:
+        opener = player_source(
+            options["play"], format=options["play-format"], options=options["play-options"], loop=options["loop"]
+        )
+    else:
+        width, height = options["video-size"]
+        opener = pattern_source(width, height, options["fps"])
+    config = CallConfig(
+        answer=not options["no-answer"],
+        max_calls=options["max-calls"],
+        ice=ice_configuration(options["ice-servers"], options["ice-username"], options["ice-credential"]),
+        record=options["record"],
+        echo=options["echo"],
+        stats_interval=options["stats-interval"],
+    )
+    peer = Peer(
+        options["server"],
+        options["name"],
+        source=SharedSource(opener),
+        config=config,
+        autocall=options["call"],
+        reactor=options["reactor"],
+        retry_delay=options["retry-delay"],
+        max_retry_delay=options["max-retry-delay"],
+    )
+    return PeerService(peer)
