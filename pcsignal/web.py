@@ -268,8 +268,9 @@ class _ProtocolResource(resource.Resource):
         return peer_id
 
 
+# GET or POST, as the reference accepts; never HEAD, which must not change state.
 class SignIn(_ProtocolResource):
-    methods = (b"GET", b"POST", b"HEAD")
+    methods = (b"GET", b"POST")
 
     def handle(self, request):
         d = self.channel.sign_in(query(request))
@@ -280,7 +281,7 @@ class SignIn(_ProtocolResource):
 
 
 class SignOut(_ProtocolResource):
-    methods = (b"GET", b"POST", b"HEAD")
+    methods = (b"GET", b"POST")
 
     def handle(self, request):
         peer_id = self.peer_id(request)
@@ -293,7 +294,7 @@ class SignOut(_ProtocolResource):
 class Wait(_ProtocolResource):
     """The hanging GET: answered at once from the mailbox, or parked."""
 
-    methods = (b"GET", b"POST", b"HEAD")
+    methods = (b"GET", b"POST")
 
     def handle(self, request):
         peer_id = self.peer_id(request)
@@ -392,9 +393,6 @@ class Root(resource.Resource):
         if isinstance(child, static.File) and child.exists() and not child.isdir():
             return child
         return self._not_found
-
-    def render(self, request):
-        return self._static.render(request)
 
 
 class SignalingSite(server.Site):
