@@ -23,13 +23,11 @@ setup(
         "prometheus-client>=0.20.0",
     ],
     extras_require={
-        "redis": ["txredisapi>=1.4.10"],
         "test": [
             "pytest>=8.0",
             "pytest-twisted>=1.14.1",
             "cryptography>=42.0",
             "playwright>=1.45",
-            "txredisapi>=1.4.10",
             "aiohttp>=3.9",
         ],
     },
