@@ -19,7 +19,7 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP6ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.logger import eventFromJSON, formatEvent
 from twisted.web.client import Agent
 from twisted.web.iweb import IAgentEndpointFactory
@@ -128,29 +128,39 @@ def service_command(**overrides):
     return [TWISTD] + argv[1:]
 
 
-def loopback_port():
-    """A currently free port on ::1 (the test retries if it gets taken)."""
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-        s.bind(("::1", 0))
+def loopback_addresses():
+    """
+    The ListenStream= of loopback.conf, and the IPv4 one its comment offers
+    instead, as (host, family).
+    """
+    address = [v for k, v in unit_settings(LOOPBACK) if k == "ListenStream"][-1]
+    with open(LOOPBACK, encoding="utf-8") as f:
+        ipv4 = re.search(r"ListenStream=(127\.0\.0\.1):8888 instead", f.read())
+    assert address == "[::1]:8888" and ipv4, "loopback.conf changed: update this test"
+    return [("::1", socket.AF_INET6), (ipv4.group(1), socket.AF_INET)]
+
+
+def free_port(host, family):
+    """A currently free port (the caller retries if it gets taken)."""
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def start_socket_activate(processes):
+def start_socket_activate(processes, host, family):
     """
-    systemd-socket-activate listening where loopback.conf puts pcsignal.socket
-    (but on a free port), ready to start pcsignal.
+    systemd-socket-activate listening on host (on a free port), ready to
+    start pcsignal as pcsignal.service would.
     """
     activate = systemd_tool("systemd-socket-activate")
     name = unit_setting(SOCKET, "FileDescriptorName")
-    address = [v for k, v in unit_settings(LOOPBACK) if k == "ListenStream"][-1]
-    host = address.rpartition(":")[0]
-    assert host == "[::1]"
+    listen = "[%s]:%%d" % (host,) if family == socket.AF_INET6 else host + ":%d"
     for attempt in range(5):
-        port = loopback_port()
+        port = free_port(host, family)
         p = CommandProcess(
             [
                 activate,
-                "--listen=%s:%d" % (host, port),
+                "--listen=" + listen % (port,),
                 "--fdname=" + name,
                 # It passes only these (and a few standard) variables on.
                 "--setenv=PYTHONPATH=" + ROOT,
@@ -159,34 +169,41 @@ def start_socket_activate(processes):
             ]
         )
         processes.append(p)
-        m = p.wait_for_log(r"Listening on \[::1\]:\d+|Address already in use")
+        m = p.wait_for_log(r"Listening on \S+ as 3\.|Address already in use")
         if m.group(0).startswith("Listening"):
             return p, port
         p.proc.wait()
-    pytest.fail("no free port on ::1 after 5 attempts")
+    pytest.fail("no free port on %s after 5 attempts" % (host,))
 
 
 @implementer(IAgentEndpointFactory)
-class IPv6Loopback:
+class ConnectTo:
     """
-    Connects to ::1 whatever the URL's host: treq cannot take an IPv6
-    literal URL (it IDNA-encodes the host), so the tests use localhost URLs.
+    Connects to one address whatever the URL's host: treq cannot take an IPv6
+    literal URL (it IDNA-encodes the host), so the test uses localhost URLs.
     """
+
+    def __init__(self, host, family):
+        self.host = host
+        self.endpoint = TCP6ClientEndpoint if family == socket.AF_INET6 else TCP4ClientEndpoint
 
     def endpointForURI(self, uri):
-        return TCP6ClientEndpoint(reactor, "::1", uri.port)
+        return self.endpoint(reactor, self.host, uri.port)
 
 
+@pytest.mark.parametrize("host, family", loopback_addresses(), ids=["IPv6", "IPv4"])
 @pytest_twisted.ensureDeferred
-async def test_socket_activation(processes):
+async def test_socket_activation(processes, host, family):
     """
     pcsignal runs from systemd's socket: the first connection is made before
     pcsignal even starts (systemd-socket-activate starts it on that
-    connection) and is answered; then peers sign in and exchange a message.
+    connection) and is answered; then peers sign in and exchange a message,
+    and /metrics and /healthz answer.  The same ExecStart= serves an IPv6 and
+    an IPv4 socket.
     """
-    p, port = start_socket_activate(processes)
+    p, port = start_socket_activate(processes, host, family)
     base = "http://localhost:%d" % port
-    client = HTTPClient(Agent.usingEndpointFactory(reactor, IPv6Loopback()))
+    client = HTTPClient(Agent.usingEndpointFactory(reactor, ConnectTo(host, family)))
 
     # Nothing runs pcsignal yet; this connection waits in the socket's queue.
     assert "Execing" not in p.output()

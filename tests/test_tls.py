@@ -88,9 +88,15 @@ def trusting_client(ca_pem):
 
 
 @pytest_twisted.ensureDeferred
-async def test_https_sign_in_and_message(https_server):
+async def test_https_sign_in_message_and_metrics(https_server):
     _, base, ca_pem = https_server
-    await exchange_message(trusting_client(ca_pem), base)
+    client = trusting_client(ca_pem)
+    await exchange_message(client, base)
+    # A Prometheus elsewhere can scrape over HTTPS.
+    response = await client.get(base + "/metrics")
+    assert response.code == 200
+    metrics = await response.text()
+    assert re.search(r"^pcsignal_messages_total 1\.0$", metrics, re.M), metrics
 
 
 @pytest_twisted.ensureDeferred
