@@ -37,6 +37,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-features=Translate,OptimizationHints,MediaRouter",
     "--autoplay-policy=no-user-gesture-required",
+    # Offer 127.0.0.1 as a host candidate too, so that a pcpeer confined to
+    # loopback (--ice-address=127.0.0.1) can connect.
+    "--allow-loopback-in-peer-connection",
 ]
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
 TIMEOUT_MS = 20_000
@@ -106,13 +109,15 @@ def peer_button(page, name):
     return page.locator("#peer-list button.peer", has_text=name)
 
 
-def expect_connected(page, peer_name):
+def expect_connected(page, peer_name, chat=True):
+    """Connected; with chat=False the caller (pcpeer) offered no data channel."""
     expect(page.locator("#call-title")).to_have_text("In call with " + peer_name)
     expect(page.locator("#state-ice")).to_have_text(re.compile("connected|completed"))
-    expect(page.locator("#chat-input")).to_be_enabled()
+    if chat:
+        expect(page.locator("#chat-input")).to_be_enabled()
 
 
-def expect_remote_video_playing(page):
+def expect_remote_video_playing(page, size=None):
     """The remote <video> has a picture and the decoder keeps producing frames."""
     page.wait_for_function(
         "() => { const v = document.getElementById('remote-video');"
@@ -125,6 +130,10 @@ def expect_remote_video_playing(page):
         "(n) => Number(document.getElementById('stats').dataset.framesDecoded) > n", arg=first
     )
     expect(page.locator("#stats-in")).to_contain_text(re.compile(r"bit/s.*\d+×\d+ · \d+ fps"))
+    if size is not None:
+        assert page.evaluate(
+            "() => { const v = document.getElementById('remote-video'); return [v.videoWidth, v.videoHeight]; }"
+        ) == list(size)
 
 
 def expect_idle(page):
@@ -208,7 +217,7 @@ def test_two_browsers_call_each_other_and_chat(chromium, pcsignal_server):
         expect_remote_video_playing(bob)
         chat(alice, bob, "hello bob, can you see me?")
         chat(bob, alice, "loud and clear, alice")
-        save_screenshot(alice, "screenshot-call.png")
+        save_screenshot(alice, "screenshot-browsers.png")
 
         # The callee hangs up: both are back at the peer list.
         bob.click("#hang-up")
@@ -256,3 +265,70 @@ def test_server_gone_is_reported(chromium, pcsignal_server):
         page.context.close()
 
     chromium.run(scenario, chromium.browser)
+
+
+# -- with pcpeer: aiortc on one side, Chromium's WebRTC on the other ----------------
+
+PATTERN_SIZE = (320, 240)
+
+
+def start_pcpeer(run_twistd, url, name, *args):
+    """A pcpeer sending its test pattern, offering only 127.0.0.1 to ICE."""
+    peer = run_twistd(
+        "pcpeer",
+        "--server", url,
+        "--name", name,
+        "--ice-address=127.0.0.1",
+        "--video-size=%dx%d" % PATTERN_SIZE,
+        *args,
+    )
+    peer.wait_for_log(r"signed in to .* as %s " % (re.escape(name),))
+    return peer
+
+
+def frames_from(name, count=30):
+    """pcpeer's log line for decoded video frames received from NAME."""
+    return r"received %d video frames from %s \(\d+\)" % (count, re.escape(name))
+
+
+def test_browser_and_pcpeer_call_each_other(chromium, pcsignal_server, run_twistd):
+    _, url = pcsignal_server
+    pattern = start_pcpeer(run_twistd, url, "pattern")
+
+    def browser_calls_pcpeer(browser):
+        alice = open_page(browser, url)
+        sign_in(alice, "alice")
+        peer_button(alice, "pattern").click()
+        expect_connected(alice, "pattern")
+        # Chromium decodes pcpeer's test pattern...
+        expect_remote_video_playing(alice, size=PATTERN_SIZE)
+        # ...pcpeer decodes Chromium's fake camera...
+        pattern.wait_for_log(frames_from("alice"))
+        # ...and echoes chat over the data channel.
+        alice.fill("#chat-input", "ping over SCTP")
+        alice.press("#chat-input", "Enter")
+        expect(alice.locator("#chat-log .chat-line.theirs", has_text="ping over SCTP")).to_have_count(1)
+        save_screenshot(alice, "screenshot-call.png")
+        alice.click("#hang-up")
+        expect_idle(alice)
+        pattern.wait_for_log(r"call with alice \(\d+\) ended \(BYE received\)")
+        assert alice.js_errors == []
+        return alice
+
+    alice = chromium.run(browser_calls_pcpeer, chromium.browser)
+
+    # Now pcpeer calls the browser (--call), which answers.
+    caller = start_pcpeer(run_twistd, url, "caller", "--call", "alice")
+
+    def pcpeer_calls_browser():
+        expect_connected(alice, "caller", chat=False)
+        expect_remote_video_playing(alice, size=PATTERN_SIZE)
+        caller.wait_for_log(frames_from("alice"))
+        # pcpeer stopping hangs up: the page returns to the peer list.
+        caller.stop()
+        expect_idle(alice)
+        expect(peer_button(alice, "caller")).to_have_count(0)
+        assert alice.js_errors == []
+        alice.context.close()
+
+    chromium.run(pcpeer_calls_browser)

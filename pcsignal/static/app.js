@@ -12,6 +12,12 @@
 
   const $ = (id) => document.getElementById(id);
 
+  // Fixed markup (no user data): a handset, and a camera for the current call.
+  const ICON_CALL =
+    '<svg viewBox="0 0 24 24"><path d="M6.6 10.8a15.2 15.2 0 0 0 6.6 6.6l2.2-2.2c.3-.3.7-.4 1-.2 1.1.4 2.3.6 3.6.6.6 0 1 .4 1 1V20c0 .6-.4 1-1 1A17 17 0 0 1 3 4c0-.6.4-1 1-1h3.5c.6 0 1 .4 1 1 0 1.3.2 2.5.6 3.6.1.3 0 .7-.2 1z"/></svg>';
+  const ICON_IN_CALL =
+    '<svg viewBox="0 0 24 24"><path d="M3 7h12v10H3z M15 10.5l6-3.5v10l-6-3.5z"/></svg>';
+
   const state = {
     client: null,
     peers: new Map(), // id -> name
@@ -92,6 +98,7 @@
       if (active) button.classList.add("active");
       button.disabled = inCall;
       button.setAttribute("aria-label", (active ? "In call with " : "Call ") + name);
+      button.title = active ? "In call with " + name : "Call " + name;
 
       const avatar = document.createElement("span");
       avatar.className = "avatar";
@@ -106,7 +113,7 @@
       const action = document.createElement("span");
       action.className = "peer-action";
       action.setAttribute("aria-hidden", "true");
-      action.textContent = active ? "In call" : "Call";
+      action.innerHTML = active ? ICON_IN_CALL : ICON_CALL;
 
       button.append(avatar, label, action);
       button.addEventListener("click", () => placeCall(id));
@@ -150,7 +157,10 @@
       $("call-title").textContent = title;
       announce(title);
     }
-    document.body.classList.toggle("in-call", Boolean(call));
+    if (s && s.connection === "connected" && !call.chatOpen) {
+      $("chat-input").placeholder = call.peer.name + " offered no chat";
+    }
+    document.body.classList.toggle("in-call", Boolean(state.call));
     document.body.classList.toggle("connected", Boolean(s && s.connection === "connected"));
     $("hang-up").disabled = !state.call;
   }
@@ -160,7 +170,7 @@
     $("chat-send").disabled = !enabled;
     $("chat-input").placeholder = enabled
       ? "Message " + state.call.peer.name
-      : "Chat opens during a call";
+      : "Available during a call";
   }
 
   function addChatLine(who, text, kind) {
@@ -279,7 +289,8 @@
       if (media.stream) media.stream.getTracks().forEach((t) => t.stop());
       return;
     }
-    const call = new pcsignal.Call(peer, (text) => state.client.send(peerId, text), media.stream);
+    const client = state.client;
+    const call = new pcsignal.Call(peer, client.id, (text) => client.send(peerId, text), media.stream);
     attachCall(call);
     if (placeholder.pending.length) {
       for (const text of placeholder.pending) call.receive(text);

@@ -83,15 +83,16 @@
 
   class Call extends EventTarget {
     /**
-     * peer: {id, name}; send(text) -> Promise posts a message to that peer;
-     * localStream may be null (receive only).
+     * peer: {id, name}; localId: our own peer id; send(text) -> Promise posts
+     * a message to that peer; localStream may be null (receive only).
      */
-    constructor(peer, send, localStream) {
+    constructor(peer, localId, send, localStream) {
       super();
       this.peer = peer;
+      this.localId = localId;
       this.localStream = localStream;
       this._send = send;
-      this._pc = new RTCPeerConnection({ iceServers: [] });
+      this._pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: "max-bundle" });
       this._channel = null;
       this._descriptionSent = false;
       this._localCandidates = [];
@@ -179,6 +180,12 @@
 
     async _onRemoteDescription(message) {
       if (message.type === "offer") {
+        if (this._pc.signalingState === "have-local-offer" && this.localId < this.peer.id) {
+          // Glare: both called at once.  The lower id's offer stands (as in pcpeer);
+          // the other side answers ours.
+          return;
+        }
+        // (In have-local-offer this rolls our own offer back: theirs wins.)
         await this._pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
         if (!this._mediaAdded) {
           this._mediaAdded = true;
@@ -187,6 +194,7 @@
         await this._pc.setLocalDescription(await this._pc.createAnswer());
         await this._sendDescription();
       } else if (message.type === "answer") {
+        if (this._pc.signalingState !== "have-local-offer") return; // not an answer to us
         await this._pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
       } else {
         return; // "offer-loopback" and other native-client specials: not supported
