@@ -1,0 +1,168 @@
+"""
+pcsignal-bench: each scenario at a tiny size against a real ``twistd
+pcsignal``, run as its console script would be, plus its pure helpers.
+
+These check that the tool measures and reports correctly; they are not
+timed benchmarks (see docs/benchmarks.rst for the measured numbers).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from conftest import ROOT, start_pcsignal
+from pcsignal import bench
+from pcsignal.protocol import parse_entries
+
+
+def run_bench(url, *args, timeout=60):
+    """Run ``python -m pcsignal.bench URL ARGS --json``; (exit code, result)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run(
+        [sys.executable, "-m", "pcsignal.bench", url, *args, "--json"],
+        capture_output=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+    assert done.stdout, "no output; stderr:\n%s" % (done.stderr.decode(),)
+    return done.returncode, json.loads(done.stdout)
+
+
+def signed_in_peers(url):
+    """Everyone else the server lists for a fresh peer (which then leaves)."""
+    with urllib.request.urlopen(url + "/sign_in?bench-test-probe", timeout=10) as answer:
+        own_id = int(answer.headers["Pragma"])
+        entries = parse_entries(answer.read())
+    with urllib.request.urlopen(url + "/sign_out?peer_id=%d" % (own_id,), timeout=10):
+        pass
+    return [e for e in entries if e.peer_id != own_id]
+
+
+def test_relay_counts_every_message_and_its_latency(pcsignal_server):
+    proc, url = pcsignal_server
+    code, result = run_bench(
+        url, "relay", "--pairs", "3", "--messages", "301", "--server-pid", str(proc.proc.pid)
+    )
+    assert code == 0, result
+    assert result["errors"] == 0, result["error_samples"]
+    assert result["messages"] == 301
+    latency = result["latency"]
+    assert latency["count"] == 301
+    assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"] < 5000
+    assert result["messages_per_second"] > 0
+    assert result["server_rss_mib"] > 1
+    assert result["server_cpu_seconds"] > 0
+    assert result["client"]["event_loop"] in ("asyncio", "uvloop")
+    assert signed_in_peers(url) == []
+
+
+def test_storm_every_peer_learns_every_other(pcsignal_server):
+    proc, url = pcsignal_server
+    peers = 40
+    code, result = run_bench(url, "storm", "--peers", str(peers), "--server-pid", str(proc.proc.pid))
+    assert code == 0, result
+    assert result["complete"] is True
+    assert result["errors"] == 0, result["error_samples"]
+    assert result["timed_out_peers"] == 0
+    assert result["peers_announced_gone"] == 0
+    assert result["peers_not_knowing_everyone"] == 0
+    # Peer i is told about each of the peers signing in after it.
+    assert result["pushes"] == peers * (peers - 1) // 2
+    assert result["pushes_per_second"] > 0
+    assert result["server_peak_rss_mib"] > 1
+    assert signed_in_peers(url) == []
+
+
+def test_hold_delivers_to_random_parked_peers(pcsignal_server):
+    proc, url = pcsignal_server
+    code, result = run_bench(
+        url, "hold", "--peers", "25", "--messages", "60", "--seed", "7",
+        "--server-pid", str(proc.proc.pid),
+    )
+    assert code == 0, result
+    assert result["errors"] == 0, result["error_samples"]
+    assert result["parked"] == 25
+    assert result["timed_out_peers"] == 0
+    latency = result["delivery_latency"]
+    assert latency["count"] == 60
+    assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"] < 5000
+    rss = result["server_rss_mib"]
+    assert 1 < rss["before"] <= rss["peak"]
+    assert 1 < rss["parked"] <= rss["peak"]
+    assert signed_in_peers(url) == []
+
+
+def test_storm_reports_refused_sign_ins(run_twistd):
+    proc, url = start_pcsignal(run_twistd, "--max-peers", "6")
+    code, result = run_bench(url, "storm", "--peers", "9")
+    assert code == 1
+    assert result["errors"] == 3
+    assert all("sign_in answered 503" in e for e in result["error_samples"])
+    # The six that got in still all met.
+    assert result["complete"] is True
+    assert result["pushes"] == 6 * 5 // 2
+    assert signed_in_peers(url) == []
+
+
+def test_unreachable_server_is_an_error_not_a_hang():
+    # A port nothing listens on: bind one, learn its number, close it.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, result = run_bench("http://127.0.0.1:%d" % (port,), "storm", "--peers", "3", timeout=30)
+    assert code == 1
+    assert result["errors"] == 3
+    assert result["pushes"] == 0
+
+
+def test_summary_is_readable():
+    text = bench.summary(
+        {
+            "scenario": "relay", "pairs": 8, "messages": 30000, "seconds": 10.0,
+            "messages_per_second": 3000.0, "errors": 1, "error_samples": ["boom"],
+            "latency": {"count": 30000, "p50_ms": 1.5, "p99_ms": 8.25, "max_ms": 20.0},
+            "client_cpu_seconds": 9.5, "server_cpu_seconds": 9.9,
+            "client": {"event_loop": "asyncio"},
+        }
+    )
+    assert "3000.0 msgs/s" in text
+    assert "p99 8.25 ms" in text
+    assert "errors: 1\n  boom" in text
+    assert "server CPU: 9.90s" in text
+
+
+def test_percentiles_are_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert bench.percentile(values, 0.50) == 50.0
+    assert bench.percentile(values, 0.99) == 99.0
+    assert bench.percentile([3.0], 0.99) == 3.0
+    assert bench.percentile([], 0.5) is None
+    assert bench.latency_summary([0.001, 0.003, 0.002]) == {
+        "count": 3, "p50_ms": 2.0, "p99_ms": 3.0, "max_ms": 3.0,
+    }
+
+
+def test_message_budget_is_split_exactly():
+    assert [bench._share(301, 3, i) for i in range(3)] == [101, 100, 100]
+    assert bench._share(None, 3, 0) is None
+
+
+def test_command_line_takes_options_after_the_scenario():
+    args = bench.build_parser().parse_args(
+        ["http://127.0.0.1:1", "hold", "--peers", "10", "--messages", "5", "--server-pid", "42", "--json"]
+    )
+    assert (args.scenario, args.peers, args.messages, args.server_pid, args.json) == (
+        "hold", 10, 5, 42, True,
+    )
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["http://127.0.0.1:1", "relay", "--seconds", "1", "--messages", "5"])
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["http://127.0.0.1:1", "storm", "--peers", "0"])
