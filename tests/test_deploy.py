@@ -274,7 +274,8 @@ def json_log_text(process, log_format, pattern):
 def test_restart_loses_no_connection(processes):
     """
     The socket outlives the daemon: a request made while pcsignal is stopped
-    is answered by the next pcsignal started on the same socket.  pcsignal
+    is answered by the next pcsignal started on the same socket (peers signed
+    in before the restart are gone: they live in pcsignal's memory).  pcsignal
     runs with the JSON logging shown in etc/default/pcsignal.
     """
     name = unit_setting(SOCKET, "FileDescriptorName")
@@ -313,5 +314,7 @@ def test_restart_loses_no_connection(processes):
         assert response.status == 200, second.output()
         body = response.read()
         assert body.startswith(b"during,"), body
+        # Peers live in pcsignal's memory: the restart signed "before" out.
+        assert b"before," not in body, body
         conn.close()
         assert second.stop() == -signal.SIGTERM, second.output()
