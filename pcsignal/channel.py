@@ -212,8 +212,9 @@ class MemoryChannel:
         if not self._deliver(target, Item(from_id, body, content_type, False)):
             self._count_rejection("mailbox_full")
             return fail(MailboxFull(to_id, self._max_queue))
-        self.log.debug("message {from_id} -> {to_id}: {size} bytes",
-                       from_id=from_id, to_id=to_id, size=len(body))
+        if logs.debug:
+            self.log.debug("message {from_id} -> {to_id}: {size} bytes",
+                           from_id=from_id, to_id=to_id, size=len(body))
         if self.metrics:
             self.metrics.messages.inc()
             self.metrics.message_bytes.inc(len(body))

@@ -25,9 +25,14 @@ observer = FilteringLogObserver(globalLogPublisher, [_levels])
 
 LEVELS = ["debug", "info", "warn", "error", "critical"]
 
+# Checked by hot paths before building a debug event at all.
+debug = False
+
 
 def set_level(name: str) -> None:
+    global debug
     _levels.setLogLevelForNamespace(None, LogLevel.levelWithName(name))
+    debug = name == "debug"
 
 
 def logger(namespace: str) -> Logger:

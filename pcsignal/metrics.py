@@ -7,9 +7,7 @@ several servers in one process, as in the tests, do not collide.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import generate_latest
-from twisted.web import resource, server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pcsignal import protocol
 
@@ -53,23 +51,3 @@ class ServerMetrics:
 
     def observe_request(self, path: bytes, seconds: float) -> None:
         self._observers.get(path, self._other).observe(seconds)
-
-    def resource(self):
-        return MetricsResource(self.registry)
-
-
-class MetricsResource(resource.Resource):
-    """/metrics in Prometheus text format, with a Content-Length like every answer."""
-
-    isLeaf = True
-
-    def __init__(self, registry):
-        resource.Resource.__init__(self)
-        self.registry = registry
-
-    def render_GET(self, request):
-        from pcsignal.web import respond
-
-        respond(request, 200, b"OK", generate_latest(self.registry),
-                CONTENT_TYPE_LATEST.encode("ascii"))
-        return server.NOT_DONE_YET

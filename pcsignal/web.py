@@ -17,8 +17,9 @@ from typing import Optional
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
-from twisted.web import http, resource, server, static
-from twisted.web.http_headers import Headers
+from twisted.web import resource, server, static
+from twisted.web.http import HTTPChannel
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pcsignal import logs, __version__, protocol
 from pcsignal.channel import (
@@ -43,6 +44,7 @@ CORS = [
     (b"Access-Control-Expose-Headers", b"Content-Length, X-Peer-Id"),
 ]
 TEXT = b"text/plain"
+PROMETHEUS_TEXT = CONTENT_TYPE_LATEST.encode("ascii")
 _access_log = logs.logger("pcsignal.access")
 
 # Status and reason phrase for each refusal; the body is the error's text.
@@ -62,6 +64,10 @@ _REJECTION_REASON = {
 }
 
 
+_SERVER_LINE = b"Server: " + SERVER + b"\r\nCache-Control: no-cache\r\n"
+_CORS_LINES = b"".join(name + b": " + value + b"\r\n" for name, value in CORS)
+
+
 def respond(
     request: "SignalingRequest",
     code: int,
@@ -70,26 +76,32 @@ def respond(
     content_type: Optional[bytes] = TEXT,
     pragma: Optional[int] = None,
 ) -> None:
-    """Write a complete answer with the reference's headers, in its order."""
+    """
+    Write a complete answer with the reference's headers, in its order.
+
+    The head is joined from constant byte strings rather than built through
+    twisted.web's Headers: this is the hot path of every relayed message.
+    """
     if request.gone:
         return
     if request.site.stopping:
         request.channel.persistent = False
-    headers = Headers()
-    headers.setRawHeaders(b"Server", [SERVER])
-    headers.setRawHeaders(b"Cache-Control", [b"no-cache"])
+    head = [b"HTTP/1.1 %d %s\r\n" % (code, reason), _SERVER_LINE]
     if not request.channel.persistent:
-        headers.setRawHeaders(b"Connection", [b"close"])
+        head.append(b"Connection: close\r\n")
     if content_type:
-        headers.setRawHeaders(b"Content-Type", [content_type])
-    headers.setRawHeaders(b"Content-Length", [b"%d" % (len(body),)])
+        # A header value from a client could carry a bare LF; never echo one.
+        head.append(b"Content-Type: %s\r\n"
+                    % content_type.replace(b"\r", b" ").replace(b"\n", b" "))
+    head.append(b"Content-Length: %d\r\n" % (len(body),))
     if pragma is not None:
-        headers.setRawHeaders(b"Pragma", [b"%d" % (pragma,)])
-    for name, value in CORS:
-        headers.setRawHeaders(name, [value])
-    request.responseHeaders = headers
+        head.append(b"Pragma: %d\r\n" % (pragma,))
+    head.append(_CORS_LINES)
+    head.append(b"\r\n")
+    if request.method != b"HEAD":
+        head.append(body)
     request.setResponseCode(code, reason)
-    request.write(body)
+    request.write_raw(head, len(body))
     request.finish()
 
 
@@ -172,7 +184,23 @@ class SignalingRequest(server.Request):
         if self.method == b"OPTIONS":
             respond(self, 200, b"OK", content_type=None)
             return
-        server.Request.process(self)
+        handler = self.site.routes.get(self.path)
+        if handler is None:
+            server.Request.process(self)  # static files, metrics: full traversal
+            return
+        # The protocol paths are matched exactly, as the reference does, so
+        # skip twisted.web's traversal and default headers on the hot path.
+        self.prepath, self.postpath = [self.path[1:]], []
+        try:
+            handler.render(self)
+        except BaseException:
+            self.processingFailed(Failure())
+
+    def write_raw(self, data: list, length: int) -> None:
+        """Write a whole answer, head included, prepared by respond()."""
+        self.startedWriting = 1
+        self.sentLength = length
+        self.channel.writeSequence(data)
 
     def write(self, data):
         if not self.startedWriting and not self.responseHeaders.hasHeader(b"Access-Control-Allow-Origin"):
@@ -193,7 +221,7 @@ class SignalingRequest(server.Request):
         server.Request.connectionLost(self, reason)
 
 
-class SignalingHTTPChannel(http.HTTPChannel):
+class SignalingHTTPChannel(HTTPChannel):
     """
     HTTPChannel that writes the reference's ``HTTP/1.1`` status line to
     every client (RFC 9110 too: a server sends its own highest version), and
@@ -205,24 +233,24 @@ class SignalingHTTPChannel(http.HTTPChannel):
     _deadline = None
 
     def writeHeaders(self, version, code, reason, headers):
-        http.HTTPChannel.writeHeaders(self, b"HTTP/1.1", code, reason, headers)
+        HTTPChannel.writeHeaders(self, b"HTTP/1.1", code, reason, headers)
 
     def connectionMade(self):
-        http.HTTPChannel.connectionMade(self)
+        HTTPChannel.connectionMade(self)
         self.site.connections.add(self)
 
     def dataReceived(self, data):
         if self._deadline is None and not self._handlingRequest:
             self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
-        http.HTTPChannel.dataReceived(self, data)
+        HTTPChannel.dataReceived(self, data)
 
     def allContentReceived(self):
         self._cancel_deadline()
-        http.HTTPChannel.allContentReceived(self)
+        HTTPChannel.allContentReceived(self)
 
     def connectionLost(self, reason):
         self._cancel_deadline()
-        http.HTTPChannel.connectionLost(self, reason)
+        HTTPChannel.connectionLost(self, reason)
         self.site.connections.discard(self)
         if not self.site.connections and self.site._drained is not None:
             d, self.site._drained = self.site._drained, None
@@ -245,8 +273,14 @@ class SignalingHTTPChannel(http.HTTPChannel):
 # -- resources ------------------------------------------------------------------
 
 
-class _ProtocolResource(resource.Resource):
+class Endpoint(resource.Resource):
+    """
+    A resource at one exact path, answered with respond(): the protocol's
+    four, /healthz and /metrics.  Wrong methods get 405.
+    """
+
     isLeaf = True
+    methods = (b"GET",)
 
     def __init__(self, channel: IChannel):
         resource.Resource.__init__(self)
@@ -269,7 +303,7 @@ class _ProtocolResource(resource.Resource):
 
 
 # GET or POST, as the reference accepts; never HEAD, which must not change state.
-class SignIn(_ProtocolResource):
+class SignIn(Endpoint):
     methods = (b"GET", b"POST")
 
     def handle(self, request):
@@ -280,7 +314,7 @@ class SignIn(_ProtocolResource):
         )
 
 
-class SignOut(_ProtocolResource):
+class SignOut(Endpoint):
     methods = (b"GET", b"POST")
 
     def handle(self, request):
@@ -291,7 +325,7 @@ class SignOut(_ProtocolResource):
                            lambda f: respond_failure(request, f))
 
 
-class Wait(_ProtocolResource):
+class Wait(Endpoint):
     """The hanging GET: answered at once from the mailbox, or parked."""
 
     methods = (b"GET", b"POST")
@@ -308,7 +342,7 @@ class Wait(_ProtocolResource):
                        lambda f: respond_failure(request, f))
 
 
-class Message(_ProtocolResource):
+class Message(Endpoint):
     methods = (b"POST",)
 
     def handle(self, request):
@@ -346,46 +380,34 @@ class NotFound(resource.Resource):
         return server.NOT_DONE_YET
 
 
-class Healthz(resource.Resource):
-    isLeaf = True
+class Healthz(Endpoint):
+    methods = (b"GET", b"HEAD")
 
-    def __init__(self, channel: IChannel):
-        resource.Resource.__init__(self)
-        self.channel = channel
-
-    def render_GET(self, request):
+    def handle(self, request):
         respond(request, 200, b"OK", b"ok %d peers\n" % (self.channel.peer_count,))
-        return server.NOT_DONE_YET
-
-    render_HEAD = render_GET
 
 
-class Root(resource.Resource):
-    """
-    The protocol paths, matched exactly as the reference does, plus the
-    browser client and operational endpoints; anything else is 404.
-    """
+class Metrics(Endpoint):
+    """/metrics in Prometheus text format."""
 
-    def __init__(self, channel: IChannel, metrics_resource=None, static_dir=STATIC_DIR):
+    def __init__(self, registry):
         resource.Resource.__init__(self)
-        self._exact = {
-            protocol.SIGN_IN: SignIn(channel),
-            protocol.SIGN_OUT: SignOut(channel),
-            protocol.WAIT: Wait(channel),
-            protocol.MESSAGE: Message(channel),
-            b"/healthz": Healthz(channel),
-        }
-        if metrics_resource is not None:
-            self._exact[b"/metrics"] = metrics_resource
+        self.registry = registry
+
+    def handle(self, request):
+        respond(request, 200, b"OK", generate_latest(self.registry), PROMETHEUS_TEXT)
+
+
+class StaticRoot(resource.Resource):
+    """The browser client (a flat directory, index.html at /); anything else is 404."""
+
+    def __init__(self, static_dir=STATIC_DIR):
+        resource.Resource.__init__(self)
         self._static = static.File(static_dir, defaultType="application/octet-stream")
         self._static.indexNames = ["index.html"]
         self._not_found = NotFound()
 
     def getChildWithDefault(self, name, request):
-        exact = self._exact.get(request.path)
-        if exact is not None:
-            request.postpath = []
-            return exact
         if request.path == b"/":
             request.postpath = []
             return self._static.getChild(b"", request)
@@ -418,11 +440,22 @@ class SignalingSite(server.Site):
         metrics=None,
         reactor=None,
     ):
-        root = Root(channel, metrics.resource() if metrics is not None else None)
+        # Exact paths, dispatched by SignalingRequest.process without traversal.
+        self.routes = {
+            protocol.SIGN_IN: SignIn(channel),
+            protocol.SIGN_OUT: SignOut(channel),
+            protocol.WAIT: Wait(channel),
+            protocol.MESSAGE: Message(channel),
+            b"/healthz": Healthz(channel),
+        }
+        if metrics is not None:
+            self.routes[b"/metrics"] = Metrics(metrics.registry)
         kwargs = {"timeout": idle_timeout}
         if reactor is not None:
             kwargs["reactor"] = reactor
-        server.Site.__init__(self, root, **kwargs)
+        # Bodies are opaque messages, never forms: no form parsing (it is
+        # slow, and would turn a multipart-typed message into a 400).
+        server.Site.__init__(self, StaticRoot(), parsePOSTFormSubmission=False, **kwargs)
         self.channel = channel
         self.max_message_bytes = max_message_bytes
         self.request_timeout = request_timeout
@@ -454,7 +487,8 @@ class SignalingSite(server.Site):
             conn.transport.abortConnection()
 
     def count_rejection(self, why: str) -> None:
-        self.logger.debug("rejected: {why}", why=why)
+        if logs.debug:
+            self.logger.debug("rejected: {why}", why=why)
         if self.metrics is not None:
             self.metrics.rejections.labels(why).inc()
 

@@ -352,3 +352,13 @@ def test_idle_keep_alive_connection_is_closed(url):
 def test_static_client_and_not_found(url):
     assert native(url, "GET", "/does-not-exist.js").status == 404
     assert native(url, "GET", "/../setup.py").status == 404
+
+
+def test_form_typed_message_is_relayed_untouched(pair):
+    """Bodies are opaque: a form or multipart Content-Type is not parsed."""
+    a, b = pair
+    for ctype, body in [(b"application/x-www-form-urlencoded", b"a=1&b=2"),
+                        (b"multipart/form-data; boundary=x", b"--x\r\nnot really\r\n")]:
+        assert a.send(b.id, body, ctype).status == 200
+        got = b.wait()
+        assert (got.body, got.header(b"Content-Type")) == (body, ctype)

@@ -142,3 +142,12 @@ def test_bad_endpoint_fails_at_start():
                          cwd=ROOT, timeout=60)
     assert out.returncode != 0
     assert "nonsense" in out.stdout + out.stderr
+
+
+def test_debug_level_logs_each_message_but_never_its_body(run_twistd):
+    proc, url = start_pcsignal(run_twistd, "--log-level", "debug")
+    a = native(url, "GET", "/sign_in?a").pragma
+    b = native(url, "GET", "/sign_in?b").pragma
+    native(url, "POST", "/message?peer_id=%d&to=%d" % (a, b), b"secret-sdp")
+    proc.wait_for_log(r"message %d -> %d: 10 bytes" % (a, b))
+    assert "secret-sdp" not in proc.output()
