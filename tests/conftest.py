@@ -23,9 +23,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
-class TwistdProcess:
-    def __init__(self, plugin, args, env=None):
-        self.plugin = plugin
+class LoggedProcess:
+    """A process of this checkout whose output lines can be waited for."""
+
+    def __init__(self, argv, env=None, pass_fds=()):
+        self.plugin = os.path.basename(argv[0])
         self.lines = []
         self._queue = queue.Queue()
         child_env = dict(os.environ)
@@ -33,12 +35,13 @@ class TwistdProcess:
         child_env["PYTHONUNBUFFERED"] = "1"
         child_env.update(env or {})
         self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "--logfile=-", plugin, *args],
+            argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=child_env,
             cwd=ROOT,
+            pass_fds=pass_fds,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -96,6 +99,14 @@ class TwistdProcess:
                 )
         self._reader.join(5)
         return self.proc.returncode
+
+
+class TwistdProcess(LoggedProcess):
+    """``twistd -n PLUGIN ARGS`` logging to stdout."""
+
+    def __init__(self, plugin, args, env=None):
+        super().__init__([TWISTD, "-n", "--pidfile=", "--logfile=-", plugin, *args], env)
+        self.plugin = plugin
 
 
 @pytest.fixture

@@ -6,12 +6,10 @@ systemd does, make a certificate chain, and drive one signaling exchange.
 import datetime
 import ipaddress
 import os
-import queue
 import re
 import shlex
 import shutil
 import subprocess
-import threading
 
 import pytest
 import treq
@@ -20,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import TwistdProcess
+from conftest import LoggedProcess
 from pcsignal.protocol import parse_entries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,26 +38,8 @@ def systemd_tool(name):
     return path
 
 
-class CommandProcess(TwistdProcess):
-    """conftest's TwistdProcess (log waits, stop) for any command line."""
-
-    def __init__(self, argv, pass_fds=(), env=None):
-        self.plugin = os.path.basename(argv[0])
-        self.lines = []
-        self._queue = queue.Queue()
-        child_env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-        child_env.update(env or {})
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child_env,
-            cwd=ROOT,
-            pass_fds=pass_fds,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+# conftest's LoggedProcess (log waits, stop) for any command line.
+CommandProcess = LoggedProcess
 
 
 @pytest.fixture
