@@ -39,9 +39,10 @@ from urllib.parse import quote
 import treq
 from treq.client import HTTPClient
 from pyee.twisted import TwistedEventEmitter
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from pcsignal import protocol
@@ -156,8 +157,11 @@ class SignalingClient(TwistedEventEmitter):
                     reason=reason,
                     delay=delay,
                 )
+                # Schedule the retry before telling anyone, so that a handler
+                # driving the clock (a test) finds it scheduled.
+                sleep = self._sleep(delay)
                 self.emit("retrying", delay, reason)
-                if not await self._sleep(delay):
+                if not await sleep:
                     return
                 delay = min(delay * 2, self.max_retry_delay)
                 continue
@@ -325,16 +329,16 @@ class SignalingClient(TwistedEventEmitter):
                 self._pending = None
         return response, content
 
-    async def _sleep(self, delay: float) -> bool:
-        """Wait, unless stopped meanwhile; False if stopped."""
+    def _sleep(self, delay: float) -> Deferred:
+        """Fires after delay with True, or with False if stopped meanwhile."""
         self._pending = deferLater(self._clock, delay)
-        try:
-            await self._pending
-        except CancelledError:
-            return False
-        finally:
+
+        def done(result):
             self._pending = None
-        return self._running
+            return self._running and not isinstance(result, Failure)
+
+        self._pending.addBoth(done)
+        return self._pending
 
     def _log_handler_failure(self, failure) -> None:
         self.log.failure("an event handler failed", failure)

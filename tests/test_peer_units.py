@@ -1,0 +1,262 @@
+"""
+pcpeer parts that need no signaling server: the test pattern, recording
+names, the signaling client's back-off (on task.Clock, against a refused
+loopback port), the call manager between real in-process RTCPeerConnections
+(glare, trickled candidates, a plain aiortc caller with a data channel),
+and the tap's options.
+"""
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import pytest_twisted
+import txaio
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from twisted.internet import defer, task
+from twisted.python import usage
+
+from pcsignal import protocol
+from pcsignal.peer import tap
+from pcsignal.peer.call import CallConfig, CallManager
+from pcsignal.peer.ice import restrict_host_addresses
+from pcsignal.peer.media import SharedSource, pattern_source, recording_path
+from pcsignal.peer.pattern import TestPatternVideoTrack, ToneAudioTrack, read_text
+from pcsignal.peer.signaling import SignalingClient
+
+from conftest import ROOT, TWISTD
+
+txaio.use_twisted()
+SMALL = dict(width=160, height=120, fps=15)
+
+
+def aio(awaitable):
+    """Await asyncio work (aiortc's) from these Twisted coroutines."""
+    return defer.Deferred.fromFuture(asyncio.ensure_future(awaitable))
+
+
+@pytest.fixture(autouse=True)
+def loopback_only():
+    """Host candidates on 127.0.0.1 only (the machine's other addresses are off limits)."""
+    restrict_host_addresses(["127.0.0.1"])
+    yield
+    restrict_host_addresses(None)
+
+
+# -- media ---------------------------------------------------------------------
+
+
+def test_pattern_frames_carry_a_readable_counter():
+    track = TestPatternVideoTrack(320, 240, 15)
+    layout = track.layout
+    frame = track.render(4321, 0.0)
+    assert frame.shape == (240 * 3 // 2, 320)
+    luma = frame[:240]
+    assert read_text(luma, layout.counter_x, layout.counter_y, layout.unit, 6) == "004321"
+    assert read_text(luma, layout.clock_x, layout.clock_y, layout.unit, 2) == "00"
+    # The picture moves: consecutive frames differ above the text band.
+    assert (track.render(1, 0.0)[: layout.band_top] != track.render(2, 0.0)[: layout.band_top]).any()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pattern_tracks_produce_paced_frames():
+    video, audio = TestPatternVideoTrack(160, 120, 30), ToneAudioTrack()
+    frames = [await aio(video.recv()) for _ in range(3)]
+    assert [(f.width, f.height) for f in frames] == [(160, 120)] * 3
+    assert [f.pts for f in frames] == [0, 3000, 6000]
+    sound = await aio(audio.recv())
+    assert (sound.sample_rate, sound.samples) == (48000, 960)
+    assert abs(sound.to_ndarray()).max() > 1000  # a tone, not silence
+
+
+def test_recording_names_do_not_overwrite(tmp_path):
+    template = str(tmp_path / "rec.mp4")
+    first = recording_path(template, "bob smith/../x", 42)
+    assert re.fullmatch(r"rec-bob_smith_.._x-42-\d{8}T\d{6}\.mp4", os.path.basename(first))
+    open(first, "w").close()
+    second = recording_path(template, "bob smith/../x", 42)
+    assert second != first and second.endswith("-2.mp4")
+
+
+# -- signaling back-off ----------------------------------------------------------
+
+
+def refused_url():
+    """A loopback port with nothing listening."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return "http://127.0.0.1:%d" % s.getsockname()[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_signaling_backs_off_2s_doubling_to_cap():
+    clock = task.Clock()
+    client = SignalingClient(refused_url(), "x", clock=clock, retry_delay=2.0, max_retry_delay=10.0)
+    retries = defer.DeferredQueue()
+    client.on("retrying", lambda delay, reason: retries.put((delay, reason)))
+    client.start().addErrback(lambda f: None)
+    delays = []
+    for _ in range(5):
+        delay, reason = await retries.get()
+        assert "refused" in reason.lower()
+        delays.append(delay)
+        # The retry waits on the clock, for exactly that delay.
+        [retry] = clock.getDelayedCalls()
+        assert retry.getTime() == clock.seconds() + delay
+        clock.advance(delay)
+    assert delays == [2.0, 4.0, 8.0, 10.0, 10.0]
+    await client.stop()
+
+
+# -- calls between in-process peers ------------------------------------------------
+
+
+def wire(*managers_and_ids):
+    """Deliver each manager's messages straight to the other's handle_message."""
+    by_id = {pid: m for m, pid in managers_and_ids}
+    names = {pid: "p%d" % pid for pid in by_id}
+    for manager, pid in managers_and_ids:
+        manager.local_id = pid
+
+        def send(to, body, pid=pid):
+            by_id[to].handle_message(pid, names[pid], body)
+
+        manager._send = send
+    return names
+
+
+def manager(**config):
+    return CallManager(lambda to, body: None, SharedSource(pattern_source(**SMALL)), CallConfig(stats_interval=0, **config))
+
+
+@pytest_twisted.ensureDeferred
+async def test_glare_lower_id_keeps_its_offer():
+    low, high = manager(), manager()
+    wire((low, 3), (high, 7))
+    # Both offer at once.
+    await defer.gatherResults([low.call(7, "p7"), high.call(3, "p3")])
+    call_low = low.calls[7]
+    await call_low.wait_first_frame("video")
+    # The higher id dropped its own call and answered in a new one.
+    call_high = high.calls[3]
+    await call_high.wait_first_frame("video")
+    assert (call_low.role, call_high.role) == ("caller", "callee")
+    assert list(low.calls) == [7] and list(high.calls) == [3]
+    await low.hang_up(7)
+    await call_high.wait_ended()
+    assert high.calls == {} and low.calls == {}
+    assert not low.source.active and not high.source.active
+
+
+@pytest_twisted.ensureDeferred
+async def test_trickled_candidates_with_and_without_prefix():
+    """A call whose descriptions carry no candidates connects on candidate messages."""
+    caller, callee = manager(), manager()
+    names = wire((caller, 1), (callee, 2))
+    seen = []
+
+    def strip_and_trickle(sender, sender_id, receiver, with_prefix):
+        def send(to, body):
+            message = protocol.parse_message(body)
+            if isinstance(message, protocol.SessionDescription):
+                lines = message.sdp.split("\r\n")
+                candidates = [line[len("a=") :] for line in lines if line.startswith("a=candidate:")]
+                sdp = "\r\n".join(line for line in lines if not line.startswith(("a=candidate:", "a=end-of-candidates")))
+                receiver.handle_message(sender_id, names[sender_id], protocol.SessionDescription(message.type, sdp).encode())
+                for text in candidates:
+                    if not with_prefix:
+                        text = text[len("candidate:") :]
+                    seen.append(text)
+                    receiver.handle_message(sender_id, names[sender_id], protocol.IceCandidate("0", 0, text).encode())
+                # Browsers end trickling with an empty candidate.
+                receiver.handle_message(sender_id, names[sender_id], protocol.IceCandidate("0", 0, "").encode())
+            else:
+                receiver.handle_message(sender_id, names[sender_id], body)
+
+        sender._send = send
+
+    strip_and_trickle(caller, 1, callee, with_prefix=True)
+    strip_and_trickle(callee, 2, caller, with_prefix=False)
+    call = await caller.call(2, "p2")
+    await call.wait_first_frame("video")
+    assert any(s.startswith("candidate:") for s in seen) and any(not s.startswith("candidate:") for s in seen)
+    await caller.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_aiortc_caller_gets_data_channel_echo_and_media():
+    """A caller that is not pcpeer (a bare RTCPeerConnection, as a browser would be)."""
+    callee = manager()
+    pc = RTCPeerConnection(CallConfig().ice)
+    answered = asyncio.get_event_loop().create_future()
+    callee._send = lambda to, body: answered.set_result(body) if not answered.done() else None
+    channel = pc.createDataChannel("chat")
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    got_track = asyncio.get_event_loop().create_future()
+    pc.on("track", lambda track: got_track.done() or got_track.set_result(track))
+    await aio(pc.setLocalDescription(await aio(pc.createOffer())))
+    callee.handle_message(9, "browser", protocol.SessionDescription("offer", pc.localDescription.sdp).encode())
+    answer = protocol.parse_message(await aio(answered))
+    assert answer.type == "answer"
+    await aio(pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer")))
+    echoed = asyncio.get_event_loop().create_future()
+    channel.on("message", lambda m: echoed.done() or echoed.set_result(m))
+    channel.on("open", lambda: channel.send("ping 1"))
+    assert await aio(echoed) == "ping 1"
+    track = await aio(got_track)
+    frame = await aio(_video_frame(track))
+    assert (frame.width, frame.height) == (160, 120)
+    await aio(pc.close())
+    callee.peer_left(9)
+
+
+async def _video_frame(track):
+    while True:
+        frame = await track.recv()
+        if hasattr(frame, "width"):
+            return frame
+
+
+# -- tap -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, complaint",
+    [
+        (["--record", "/tmp/x.avi"], "--record must end in"),
+        (["--video-size", "641x480"], "even"),
+        (["--max-calls", "0"], "must be positive"),
+        (["--ice-address", "not-an-ip"], "not-an-ip"),
+        (["--play", "/nonexistent/file.mp4"], "does not exist"),
+    ],
+)
+def test_options_reject_bad_values(args, complaint):
+    with pytest.raises(usage.UsageError, match=re.escape(complaint)):
+        tap.Options().parseOptions(args)
+
+
+def test_other_reactor_is_refused_with_a_clear_message():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "--reactor=select", "pcpeer", "--name", "x"],
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    output = (result.stdout + result.stderr).decode()
+    assert result.returncode != 0
+    assert "needs Twisted's asyncio reactor" in output and "SelectReactor" in output
+
+
+def test_plugin_module_does_not_import_the_reactor():
+    code = (
+        "import sys; import twisted.plugins.pcpeer_plugin as p; "
+        "p.pcpeer.options; assert 'twisted.internet.reactor' not in sys.modules, 'reactor imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
