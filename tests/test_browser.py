@@ -22,6 +22,8 @@ import pytest
 from playwright import sync_api as playwright_sync
 from playwright.sync_api import expect
 
+from conftest import start_pcsignal
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     # A fake camera (a moving test picture) and microphone, granted without a prompt.
@@ -219,6 +221,16 @@ def test_two_browsers_call_each_other_and_chat(chromium, pcsignal_server):
         chat(bob, alice, "loud and clear, alice")
         save_screenshot(alice, "screenshot-browsers.png")
 
+        # A third page calling bob meanwhile is turned away politely (BYE).
+        carol = open_page(browser, url)
+        sign_in(carol, "carol")
+        peer_button(carol, "bob").click()
+        expect(carol.locator("#chat-log")).to_contain_text("bob is busy or declined the call.")
+        expect_idle(carol)
+        expect(bob.locator("#chat-log")).to_contain_text("carol tried to call you")
+        expect(bob.locator("#call-title")).to_have_text("In call with alice")
+        carol.context.close()
+
         # The callee hangs up: both are back at the peer list.
         bob.click("#hang-up")
         expect_idle(bob)
@@ -332,3 +344,70 @@ def test_browser_and_pcpeer_call_each_other(chromium, pcsignal_server, run_twist
         alice.context.close()
 
     chromium.run(pcpeer_calls_browser)
+
+
+# -- camera refused, and a server on another origin -------------------------------
+
+
+def test_call_without_camera_permission(chromium, pcsignal_server):
+    """A user who refuses the camera still gets a call: told why, receiving only."""
+    _, url = pcsignal_server
+
+    def scenario(browser):
+        # A second Chromium without the fake permission UI: it denies every
+        # camera and microphone request, as a user clicking "Block" would.
+        refusing = browser.browser_type.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[a for a in CHROMIUM_ARGS if a != "--use-fake-ui-for-media-stream"]
+            + ["--deny-permission-prompts"],
+        )
+        try:
+            dora = open_page(refusing, url)
+            bob = open_page(browser, url)
+            sign_in(dora, "dora")
+            sign_in(bob, "bob")
+            peer_button(dora, "bob").click()
+            expect(dora.locator("#banner")).to_contain_text("refused")
+            expect(dora.locator("#local-video")).to_be_hidden()
+            expect_connected(dora, "bob")
+            expect_connected(bob, "dora")
+            expect_remote_video_playing(dora)
+            expect(bob.locator("#idle-text")).to_have_text("dora is not sending video.")
+            chat(bob, dora, "no camera, no problem")
+            dora.click("#hang-up")
+            expect_idle(bob)
+            assert dora.js_errors == [] and bob.js_errors == []
+            bob.context.close()
+        finally:
+            refusing.close()
+
+    chromium.run(scenario, chromium.browser)
+
+
+def test_page_uses_a_server_on_another_origin(chromium, pcsignal_server, run_twistd):
+    """The page from one pcsignal signs in to another one (CORS) and calls through it."""
+    _, page_origin = pcsignal_server
+    _, other_server = start_pcsignal(run_twistd)
+
+    def scenario(browser):
+        erin = open_page(browser, page_origin)
+        erin.click("#server-details summary")
+        erin.fill("#server", other_server)
+        sign_in(erin, "erin")
+        frank = open_page(browser, other_server)
+        sign_in(frank, "frank")
+        peer_button(erin, "frank").click()
+        expect_connected(erin, "frank")
+        expect_connected(frank, "erin")
+        chat(frank, erin, "across origins")
+        # The choice of server is remembered with the name.
+        erin.click("#sign-out")
+        erin.reload()
+        expect(erin.locator("#server")).to_have_value(other_server)
+        expect(peer_button(frank, "erin")).to_have_count(0)
+        assert erin.js_errors == [] and frank.js_errors == []
+        erin.context.close()
+        frank.context.close()
+
+    chromium.run(scenario, chromium.browser)

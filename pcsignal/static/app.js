@@ -157,8 +157,14 @@
       $("call-title").textContent = title;
       announce(title);
     }
-    if (s && s.connection === "connected" && !call.chatOpen) {
-      $("chat-input").placeholder = call.peer.name + " offered no chat";
+    if (call) {
+      // Shown until (and unless) remote video arrives.
+      $("idle-text").textContent = s.connection === "connected"
+        ? call.peer.name + " is not sending video."
+        : "Connecting to " + call.peer.name + "…";
+      if (s.connection === "connected" && !call.chatOpen) {
+        $("chat-input").placeholder = call.peer.name + " offered no chat";
+      }
     }
     document.body.classList.toggle("in-call", Boolean(state.call));
     document.body.classList.toggle("connected", Boolean(s && s.connection === "connected"));
@@ -219,6 +225,26 @@
     $("stats").dataset.framesDecoded = String(frames);
   }
 
+  /**
+   * Play the remote media.  A page nobody has clicked yet may not play sound
+   * (autoplay policy): then play muted and offer to turn the sound on.
+   */
+  function playWithSound(video) {
+    video.muted = false;
+    video.play().catch((e) => {
+      if (e.name !== "NotAllowedError") return;
+      video.muted = true;
+      video.play().catch(() => {});
+      showBanner("The browser started the call muted.", "warning", {
+        label: "Turn sound on",
+        run: () => {
+          video.muted = false;
+          hideBanner();
+        },
+      });
+    });
+  }
+
   function resetCallView() {
     $("remote-video").srcObject = null;
     $("local-video").srcObject = null;
@@ -239,12 +265,13 @@
       $("local-video").srcObject = call.localStream;
       $("local-video").hidden = false;
     }
-    $("idle-text").textContent = "Connecting to " + call.peer.name + "…";
     call.addEventListener("state", renderCallState);
     call.addEventListener("track", (event) => {
       const video = $("remote-video");
-      if (video.srcObject !== event.detail.stream) video.srcObject = event.detail.stream;
+      if (video.srcObject === event.detail.stream) return;
+      video.srcObject = event.detail.stream;
       $("idle").hidden = true;
+      playWithSound(video);
     });
     call.addEventListener("chatopen", () => {
       setChatEnabled(true);
@@ -468,7 +495,16 @@
     if (!client) return;
     if (state.call) client.sendOnUnload(state.call.peer.id, "BYE");
     client.signOut(true);
-    state.client = null;
+    endSession();
+    state.resumeName = client.name;
+  }
+
+  /** Back from the back/forward cache: we signed out on the way out, so sign in again. */
+  function onPageShow(event) {
+    if (event.persisted && state.resumeName && !state.client) {
+      state.resumeName = null;
+      signIn();
+    }
   }
 
   function sendChat(event) {
@@ -495,6 +531,7 @@
       if (event.key === "Escape" && state.call && !event.target.closest("input")) hangUp();
     });
     window.addEventListener("pagehide", onPageHide);
+    window.addEventListener("pageshow", onPageShow);
     showSignedIn(false);
     resetCallView();
     renderCallState();

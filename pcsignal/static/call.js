@@ -170,7 +170,10 @@
     async _handle(message) {
       if (this.ended) return;
       if (message.kind === "bye") {
-        this.hangUp(false, this.peer.name + " hung up.");
+        const unanswered = this.isCaller && this._pc.signalingState === "have-local-offer";
+        this.hangUp(false, unanswered
+          ? this.peer.name + " is busy or declined the call."
+          : this.peer.name + " hung up.");
       } else if (message.kind === "description") {
         await this._onRemoteDescription(message);
       } else if (message.kind === "candidate") {
