@@ -308,7 +308,7 @@ def test_browser_and_pcpeer_call_each_other(chromium, pcsignal_server, run_twist
     pattern = start_pcpeer(run_twistd, url, "pattern")
 
     def browser_calls_pcpeer(browser):
-        alice = open_page(browser, url)
+        alice = open_page(browser, url, height=680)  # the screenshot's size
         sign_in(alice, "alice")
         peer_button(alice, "pattern").click()
         expect_connected(alice, "pattern")
