@@ -265,8 +265,9 @@ def test_two_browsers_call_each_other_and_chat(chromium, pcsignal_server):
     chromium.run(scenario, chromium.browser)
 
 
-def test_server_gone_is_reported(chromium, pcsignal_server):
-    proc, url = pcsignal_server
+def test_server_going_away_and_coming_back(chromium, run_twistd):
+    proc, url = start_pcsignal(run_twistd)
+    port = url.rsplit(":", 1)[1]
 
     def scenario(browser):
         page = open_page(browser, url)
@@ -274,6 +275,14 @@ def test_server_gone_is_reported(chromium, pcsignal_server):
         proc.stop()
         expect(page.locator("#banner")).to_contain_text("unreachable")
         expect(page.locator("#presence-text")).to_have_text("Reconnecting…")
+        # A new server on the same port does not know carol's id: the page
+        # says so, and signs in again with one click.
+        start_pcsignal(run_twistd, "--listen", "tcp:%s:interface=127.0.0.1" % (port,))
+        expect(page.locator("#banner")).to_contain_text("no longer knows this session")
+        expect(page.locator("#sign-in")).to_be_visible()
+        page.click("#banner-action")
+        expect(page.locator("#presence-text")).to_have_text("carol")
+        expect(page.locator("#banner")).to_be_hidden()
         page.context.close()
 
     chromium.run(scenario, chromium.browser)

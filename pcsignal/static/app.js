@@ -24,6 +24,7 @@
     call: null,
     stats: null,
     statsTimer: null,
+    resumeName: null, // signed out by pagehide; sign in again if the page comes back
   };
 
   // -- small view helpers ------------------------------------------------------
@@ -208,13 +209,15 @@
   }
 
   async function updateStats() {
-    if (!state.stats) return;
+    const sampler = state.stats;
+    if (!sampler) return;
     let sample;
     try {
-      sample = await state.stats.sample();
+      sample = await sampler.sample();
     } catch (e) {
       return; // the connection closed between two samples
     }
+    if (state.stats !== sampler) return; // the call ended meanwhile
     showStat("stats-in", pcsignal.formatVideo(sample.inbound));
     showStat("stats-out", pcsignal.formatVideo(sample.outbound));
     showStat("stats-rtt", {

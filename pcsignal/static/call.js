@@ -221,7 +221,17 @@
       if (init.sdpMid === null && init.sdpMLineIndex === null) init.sdpMLineIndex = 0;
       try {
         await this._pc.addIceCandidate(init);
+        return;
       } catch (e) {
+        // Older native clients name m-lines "audio"/"video": fall back to the index.
+        if (init.sdpMid !== null && init.sdpMLineIndex !== null) {
+          try {
+            await this._pc.addIceCandidate({ candidate: candidate, sdpMLineIndex: init.sdpMLineIndex });
+            return;
+          } catch (ignored) {
+            // reported below
+          }
+        }
         // One bad candidate (say, an address family this host lacks) must not end the call.
         console.warn("pcsignal: ignored remote candidate", candidate, e);
       }

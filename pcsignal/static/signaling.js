@@ -67,19 +67,21 @@
      * starts the hanging GET.  Rejects with a readable message.
      */
     async signIn(name) {
-      let response;
+      let response, body;
       try {
         response = await fetch(this.server + "/sign_in?" + encodeURIComponent(name), {
           cache: "no-store",
         });
+        body = await response.text();
       } catch (e) {
         throw new Error("Can't reach the server at " + this.server + ". Is pcsignal running there?");
       }
-      const body = await response.text();
       const id = parseInt(response.headers.get("Pragma"), 10);
       if (!response.ok || !(id > 0)) {
+        // pcsignal explains refusals in one short line of text (say, "server full").
+        const reason = /^[^<\n]{1,200}$/.test(body.trim()) ? ": " + body.trim() : "";
         throw new Error(
-          "The server at " + this.server + " refused to sign in (HTTP " + response.status + ")."
+          "The server at " + this.server + " refused to sign in (HTTP " + response.status + reason + ")."
         );
       }
       const entries = parseEntries(body);
