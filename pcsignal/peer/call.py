@@ -411,6 +411,17 @@ async def _drain(track: MediaStreamTrack) -> None:
         pass
 
 
+def _offer_problem(sdp: str) -> Optional[str]:
+    """Why an offer cannot start a call, or None."""
+    try:
+        media = ParsedSdp.parse(sdp).media
+    except Exception as e:
+        return "unusable offer (%s)" % (e,)
+    if not media:
+        return "unusable offer (no media)"
+    return None
+
+
 def _extension(path: str) -> str:
     return os.path.splitext(path)[1].lower()
 
@@ -556,10 +567,10 @@ class CallManager(EventEmitter):
             await call.close("glare: yielded to the other offer")
             call = None
         if call is None:
-            refusal = None
-            if not self.config.answer:
+            refusal = _offer_problem(sdp)
+            if refusal is None and not self.config.answer:
                 refusal = "not answering calls (--no-answer)"
-            elif self._full():
+            if refusal is None and self._full():
                 refusal = "already in %d calls (--max-calls)" % (len(self.calls),)
             if refusal:
                 self.log.info("declining call from {who}: {refusal}", who=who, refusal=refusal)

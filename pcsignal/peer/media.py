@@ -17,6 +17,7 @@ from typing import Callable, Mapping, Optional
 
 from aiortc.contrib.media import MediaPlayer, MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
+from twisted.logger import Logger
 
 from pcsignal.peer.pattern import TestPatternVideoTrack, ToneAudioTrack
 
@@ -59,6 +60,7 @@ class SharedSource:
     """One live source for all calls, opened on demand (see module docstring)."""
 
     def __init__(self, open_tracks: TrackOpener) -> None:
+        self.log = Logger(namespace="pcpeer.media")
         self._open_tracks = open_tracks
         self._relay = MediaRelay()
         self._tracks: Optional[Mapping[str, MediaStreamTrack]] = None
@@ -72,6 +74,7 @@ class SharedSource:
         """One proxy track per kind the source has, for one call."""
         if self._tracks is None:
             self._tracks = dict(self._open_tracks())
+            self.log.info("media source opened: {kinds}", kinds=", ".join(sorted(self._tracks)) or "no tracks")
         self._subscribers += 1
         # Unbuffered: a slow call gets the latest frame, never a growing queue.
         return {kind: self._relay.subscribe(track, buffered=False) for kind, track in self._tracks.items()}
@@ -84,6 +87,7 @@ class SharedSource:
             for track in self._tracks.values():
                 track.stop()
             self._tracks = None
+            self.log.info("media source closed: no calls left")
 
 
 class CountingTrack(MediaStreamTrack):

@@ -1,0 +1,201 @@
+"""
+pcpeer with real processes and real media: ``twistd pcpeer`` daemons
+through a real ``twistd pcsignal`` on loopback, and in-process peers built
+with the Python API (pcsignal.peer.peer.Peer) where a test needs several
+callers.  Media is small (320x240 or less at 15 fps) to keep the suite fast.
+"""
+
+import re
+import signal
+import socket
+import urllib.request
+
+import av
+import pytest
+import pytest_twisted
+import treq
+import txaio
+from twisted.internet import defer, threads
+
+from pcsignal import protocol
+from pcsignal.peer.call import CallConfig
+from pcsignal.peer.ice import restrict_host_addresses
+from pcsignal.peer.media import SharedSource, pattern_source
+from pcsignal.peer.pattern import TestPatternLayout, read_text
+from pcsignal.peer.peer import Peer
+
+from conftest import start_pcsignal
+
+txaio.use_twisted()
+PEER_ARGS = ("--ice-address=127.0.0.1", "--video-size=320x240", "--fps=15", "--stats-interval=2")
+
+
+@pytest.fixture(autouse=True)
+def loopback_only():
+    """In-process peers offer 127.0.0.1 only, as the daemons do with --ice-address."""
+    restrict_host_addresses(["127.0.0.1"])
+    yield
+    restrict_host_addresses(None)
+
+
+def start_peer(run_twistd, url, name, *args):
+    """A twistd pcpeer signed in; returns (process, peer id)."""
+    proc = run_twistd("pcpeer", "--server", url, "--name", name, *PEER_ARGS, *args)
+    m = proc.wait_for_log(r"signed in to .* as %s \((\d+)\)" % (re.escape(name),))
+    return proc, int(m.group(1))
+
+
+def frames_from(name, count=30, kind="video"):
+    return r"received %d %s frames from %s \(\d+\)" % (count, kind, re.escape(name))
+
+
+def in_thread(proc, pattern, timeout=30):
+    """wait_for_log without blocking the reactor (for tests with in-process peers)."""
+    return threads.deferToThread(proc.wait_for_log, pattern, timeout)
+
+
+def api_peer(url, name):
+    """An in-process peer sending a tiny test pattern."""
+    return Peer(
+        url,
+        name,
+        source=SharedSource(pattern_source(160, 120, 10)),
+        config=CallConfig(stats_interval=0),
+        retry_delay=0.5,
+    )
+
+
+def sign_out(url, peer_id):
+    with urllib.request.urlopen("%s/sign_out?peer_id=%d" % (url, peer_id), timeout=10) as response:
+        assert response.status == 200
+
+
+def test_two_daemons_call_record_bye_and_sign_out(pcsignal_server, run_twistd, tmp_path):
+    _, url = pcsignal_server
+    b, b_id = start_peer(run_twistd, url, "b", "--record", str(tmp_path / "calls.mp4"))
+    a, a_id = start_peer(run_twistd, url, "a", "--call", "b")
+
+    # Video and audio are decoded both ways, not just "connected".
+    for proc, other in ((a, "b"), (b, "a")):
+        proc.wait_for_log(r"codecs with %s \(\d+\): audio/opus 48000/2, video/VP8 90000" % (other,))
+        proc.wait_for_log(frames_from(other))
+        proc.wait_for_log(frames_from(other, kind="audio"))
+    recording = b.wait_for_log(r"recording call with a \(%d\) to (\S+)" % (a_id,)).group(1)
+    b.wait_for_log(frames_from("a", 60))  # four seconds of video at 15 fps
+
+    # A hangs up on stopping: BYE ends the call on both sides.
+    assert a.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
+    assert re.search(r"call with b \(%d\) ended \(stopping\)" % (b_id,), a.output())
+    b.wait_for_log(r"call with a \(%d\) ended \(BYE received\) after [\d.]+ s: sent audio \d+ frames" % (a_id,))
+    b.wait_for_log(r"recorded call with a \(%d\) to" % (a_id,))
+
+    # B's recording: A's 320x240 test pattern, several seconds of it.
+    with av.open(recording) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (320, 240)
+        assert container.streams.audio, "no audio stream recorded"
+        assert container.duration / av.time_base >= 3.0
+        frames = list(container.decode(video=0))
+    assert len(frames) >= 45
+    layout = TestPatternLayout(320, 240)
+    luma = frames[-1].to_ndarray(format="gray")
+    counter = read_text(luma, layout.counter_x, layout.counter_y, layout.unit, layout.counter_digits)
+    assert counter.isdigit() and int(counter) >= 45, counter
+
+    # A new caller; then B is signed out (no BYE): the call ends on the caller.
+    a2, a2_id = start_peer(run_twistd, url, "a2", "--call", "b")
+    a2.wait_for_log(frames_from("b"))
+    sign_out(url, b_id)
+    a2.wait_for_log(r"call with b \(%d\) ended \(peer signed out\)" % (b_id,))
+    # B notices it was forgotten and signs in again by itself.
+    b.wait_for_log(r"server answered \d+ on /wait: it has forgotten us")
+    b.wait_for_log(r"signed in to .* as b \((?!%d\))\d+\)" % (b_id,))
+    assert a2.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
+    assert b.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
+    assert "Traceback" not in b.output() + a.output() + a2.output()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_daemon_serves_three_callers(pcsignal_server, run_twistd):
+    _, url = pcsignal_server
+    b, _ = start_peer(run_twistd, url, "b", "--max-calls=3")
+    callers = [api_peer(url, "c%d" % i) for i in range(1, 4)]
+    await defer.gatherResults([c.start() for c in callers])
+    calls = await defer.gatherResults([c.call("b") for c in callers])
+    # All three at once: frames flow both ways on every call.
+    await defer.gatherResults([call.wait_first_frame("video") for call in calls])
+    for i in range(1, 4):
+        await in_thread(b, frames_from("c%d" % i))
+    await defer.gatherResults([in_thread(b, r"call with c%d \(\d+\) connected" % i) for i in range(1, 4)])
+    assert all(call.received["video"].frames >= 1 and call.end_reason is None for call in calls)
+    # A fourth caller is declined (--max-calls): BYE.
+    fourth = api_peer(url, "c4")
+    await fourth.start()
+    extra = await fourth.call("b")
+    assert await extra.wait_ended() == "BYE received"
+    await in_thread(b, r"declining call from c4 \(\d+\): already in 3 calls")
+    # Hanging up sends BYE; one source served all calls: opened once, closed
+    # when the last call ended.
+    await defer.gatherResults([c.stop() for c in callers + [fourth]])
+    for i in range(1, 4):
+        await in_thread(b, r"call with c%d \(\d+\) ended \(BYE received\)" % i)
+    await in_thread(b, "media source closed: no calls left")
+    assert len(re.findall("media source opened", b.output())) == 1, b.output()
+    assert b.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_daemon_signs_in_again_after_server_restart(run_twistd):
+    listen = "tcp:%d:interface=127.0.0.1" % (free_port(),)
+    server, url = start_pcsignal(run_twistd, "--listen", listen)
+    b, b_id = start_peer(run_twistd, url, "b", "--retry-delay=0.5", "--max-retry-delay=1")
+    assert server.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
+    await in_thread(b, r"no longer signed in: the hanging GET failed")
+    await in_thread(b, r"cannot sign in to .*refused.*; retrying in")
+    # Back on the same port: B signs in again without help, and can be called.
+    server, _ = start_pcsignal(run_twistd, "--listen", listen)
+    await in_thread(b, r"signed in to .* as b \((?!%d\))\d+\)" % (b_id,))
+    caller = api_peer(url, "a")
+    await caller.start()
+    call = await caller.call("b")
+    await call.wait_first_frame("video")
+    await in_thread(b, frames_from("a"))
+    await caller.stop()
+    assert b.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
+
+
+@pytest_twisted.ensureDeferred
+async def test_nonsense_is_logged_and_ignored(pcsignal_server, run_twistd):
+    _, url = pcsignal_server
+    b, b_id = start_peer(run_twistd, url, "b")
+    response = await treq.get(url + "/sign_in?raw")
+    raw_id = int(response.headers.getRawHeaders("Pragma")[0])
+    await treq.content(response)
+    nonsense = [
+        (b"{this is not json", r"ignoring message from raw \(%d\): not JSON"),
+        (protocol.IceCandidate("0", 0, "candidate:1 1 udp 1 127.0.0.1 9 typ host").encode(),
+         r"ignoring candidate from raw \(%d\): no call"),
+        (protocol.SessionDescription("answer", "v=0\r\n").encode(), r"ignoring answer from raw \(%d\): we made no offer"),
+        (protocol.SessionDescription("offer-loopback", "v=0\r\n").encode(), r"declining offer-loopback from raw \(%d\)"),
+        (protocol.SessionDescription("offer", "garbage").encode(), r"declining call from raw \(%d\): unusable offer"),
+        (b"BYE", r"BYE from raw \(%d\), with whom there is no call: ignored"),
+    ]
+    for body, logged in nonsense:
+        response = await treq.post("%s/message?peer_id=%d&to=%d" % (url, raw_id, b_id), data=body)
+        assert response.code == 200
+        await treq.content(response)
+        await in_thread(b, logged % (raw_id,))
+    # Still running, and still answers calls.
+    caller = api_peer(url, "a")
+    await caller.start()
+    call = await caller.call("b")
+    await call.wait_first_frame("video")
+    await caller.stop()
+    assert b.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
+    assert "Traceback" not in b.output()
