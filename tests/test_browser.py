@@ -37,10 +37,12 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--disable-features=Translate,OptimizationHints,MediaRouter",
+    # WebRtcHideLocalIpsWithMdns: a page without camera permission would
+    # hide its host candidates behind mDNS names, resolved by multicast.
+    "--disable-features=Translate,OptimizationHints,MediaRouter,WebRtcHideLocalIpsWithMdns",
     "--autoplay-policy=no-user-gesture-required",
-    # Offer 127.0.0.1 as a host candidate too, so that a pcpeer confined to
-    # loopback (--ice-address=127.0.0.1) can connect.
+    # Offer 127.0.0.1 as a host candidate: the suite runs in a network
+    # namespace that has nothing but loopback (see .ci/run).
     "--allow-loopback-in-peer-connection",
 ]
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")

@@ -45,6 +45,6 @@ def readme_commands():
 def test_ci_runs_the_readme_test_command():
     run, test = readme_commands()[:2]
     assert "twistd -n pcsignal --port 8888" in run
-    assert test.endswith("python -m pytest")
+    assert test.endswith("python -m pytest'")
     ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
     assert test in ci.splitlines()
