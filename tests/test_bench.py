@@ -62,11 +62,16 @@ def test_relay_counts_every_message_and_its_latency(pcsignal_server):
     assert signed_in_peers(url) == []
 
 
-def test_storm_every_peer_learns_every_other(pcsignal_server):
+@pytest.mark.parametrize("processes", [1, 3])
+def test_storm_every_peer_learns_every_other(pcsignal_server, processes):
     proc, url = pcsignal_server
     peers = 40
-    code, result = run_bench(url, "storm", "--peers", str(peers), "--server-pid", str(proc.proc.pid))
+    code, result = run_bench(
+        url, "storm", "--peers", str(peers), "--processes", str(processes),
+        "--server-pid", str(proc.proc.pid),
+    )
     assert code == 0, result
+    assert result["processes"] == processes
     assert result["complete"] is True
     assert result["errors"] == 0, result["error_samples"]
     assert result["timed_out_peers"] == 0
@@ -76,6 +81,7 @@ def test_storm_every_peer_learns_every_other(pcsignal_server):
     assert result["pushes"] == peers * (peers - 1) // 2
     assert result["pushes_per_second"] > 0
     assert result["server_peak_rss_mib"] > 1
+    assert result["client_cpu_seconds"] > 0
     assert signed_in_peers(url) == []
 
 
