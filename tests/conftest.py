@@ -141,3 +141,26 @@ def start_pcsignal(run_twistd, *args, env=None):
 def pcsignal_server(run_twistd):
     """A running ``twistd -n pcsignal``: (TwistdProcess, base URL)."""
     return start_pcsignal(run_twistd)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """One headless Chromium per module, driven from a Playwright thread."""
+    from browser import TIMEOUT_MS, BrowserThread
+    from playwright.sync_api import expect
+
+    browser_thread = BrowserThread()
+    expect.set_options(timeout=TIMEOUT_MS)
+    yield browser_thread
+    browser_thread.close()
+
+
+@pytest.fixture
+def processes():
+    """CommandProcesses appended here are killed after the test if still running."""
+    started = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()

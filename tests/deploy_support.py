@@ -9,10 +9,8 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 
 import pytest
-import treq
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,15 +40,6 @@ def systemd_tool(name):
 CommandProcess = LoggedProcess
 
 
-@pytest.fixture
-def processes():
-    """CommandProcesses appended here are killed after the test if still running."""
-    started = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait()
 
 
 # -- systemd unit files ------------------------------------------------------

@@ -28,7 +28,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from conftest import LISTENING, TWISTD
-from deploy_support import (  # noqa: F401 (processes is a fixture)
+from deploy_support import (
     CommandProcess,
     ETC,
     INSTALLED_TWISTD,
@@ -38,7 +38,6 @@ from deploy_support import (  # noqa: F401 (processes is a fixture)
     exchange_message,
     expand_command,
     installed_unit_copy,
-    processes,
     systemd_tool,
     unit_setting,
     unit_settings,

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import LISTENING, TwistdProcess, start_pcsignal
-from httpclients import Browser, native, native_raw
+from httpclients import Browser, native
 
 MAX_BODY = 1024
 MAX_QUEUE = 4

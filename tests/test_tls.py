@@ -22,7 +22,7 @@ from twisted.internet import reactor, ssl
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseNeverReceived
 
 from conftest import TWISTD, start_pcsignal
-from test_browser import (
+from browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     TIMEOUT_MS,
@@ -34,7 +34,7 @@ from test_browser import (
     peer_button,
     sign_in,
 )
-from deploy_support import (  # noqa: F401 (processes is a fixture)
+from deploy_support import (
     ETC,
     INSTALLED_TWISTD,
     CommandProcess,
@@ -42,7 +42,6 @@ from deploy_support import (  # noqa: F401 (processes is a fixture)
     environment_file,
     exchange_message,
     expand_command,
-    processes,
     unit_setting,
     unit_settings,
     write_certificate_chain,
