@@ -20,7 +20,9 @@ setup(
         "txaio>=23.1.1",
         "aiortc>=1.9.0",
         "av>=12.0.0",
+        "numpy>=1.24",
         "prometheus-client>=0.20.0",
+        "aiohttp>=3.9",  # pcsignal-bench, which any user may point at any server
     ],
     extras_require={
         "test": [
@@ -28,11 +30,13 @@ setup(
             "pytest-twisted>=1.14.1",
             "cryptography>=42.0",
             "playwright>=1.45",
-            "aiohttp>=3.9",
         ],
     },
     entry_points={
-        "console_scripts": ["pcsignal-bench = pcsignal.bench:main"],
+        "console_scripts": [
+            "pcsignal-bench = pcsignal.bench:main",
+            "pcpeer-bench = pcsignal.peer.bench:main",
+        ],
     },
     classifiers=[
         "Framework :: Twisted",

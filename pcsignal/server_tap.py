@@ -106,12 +106,13 @@ def _describe(address) -> str:
 class ListenerService(StreamServerEndpointService):
     """A StreamServerEndpointService that logs where it listens."""
 
-    def __init__(self, description, factory):
+    def __init__(self, description, factory, what="pcsignal listening"):
         from twisted.internet import endpoints, reactor
 
         super().__init__(endpoints.serverFromString(reactor, description), factory)
         self._raiseSynchronously = True  # a bad endpoint fails twistd at start
         self.description = description
+        self.what = what
 
     def privilegedStartService(self):
         super().privilegedStartService()
@@ -119,7 +120,7 @@ class ListenerService(StreamServerEndpointService):
 
     def _listening(self, port):
         tls = " (TLS)" if self.description.startswith("ssl:") else ""
-        log.info("pcsignal listening on {address}{tls}",
+        log.info("{what} on {address}{tls}", what=self.what,
                  address=_describe(port.getHost()), tls=tls)
         return port
 

@@ -40,9 +40,8 @@ from aiortc.sdp import SessionDescription as ParsedSdp
 from aiortc.sdp import candidate_from_sdp
 from pyee.base import EventEmitter
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
-from pcsignal import protocol
+from pcsignal import logs, protocol
 from pcsignal.peer.framework import api_future
 from pcsignal.peer.ice import ice_configuration
 from pcsignal.peer.media import KINDS, RECORDABLE_KINDS, CountingTrack, SharedSource, recording_path
@@ -78,7 +77,7 @@ class Call:
         self.peer_name = peer_name
         self.role = role  # "caller" or "callee"
         self.label = label(peer_name, peer_id)
-        self.log = Logger(namespace="pcpeer.call.%d" % (peer_id,))
+        self.log = logs.logger("pcpeer.call.%d" % (peer_id,))
         self.config = manager.config
         self.pc = RTCPeerConnection(self.config.ice)
         self.started = time.monotonic()
@@ -440,7 +439,7 @@ class CallManager(EventEmitter):
 
     def __init__(self, send: SendFunction, source: SharedSource, config: Optional[CallConfig] = None) -> None:
         super().__init__()
-        self.log = Logger(namespace="pcpeer.calls")
+        self.log = logs.logger("pcpeer.calls")
         self._send = send
         self.source = source
         self.config = config or CallConfig()

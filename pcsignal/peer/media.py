@@ -17,8 +17,8 @@ from typing import Callable, Mapping, Optional
 
 from aiortc.contrib.media import MediaPlayer, MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
-from twisted.logger import Logger
 
+from pcsignal import logs
 from pcsignal.peer.pattern import TestPatternVideoTrack, ToneAudioTrack
 
 KINDS = ("audio", "video")
@@ -60,7 +60,7 @@ class SharedSource:
     """One live source for all calls, opened on demand (see module docstring)."""
 
     def __init__(self, open_tracks: TrackOpener) -> None:
-        self.log = Logger(namespace="pcpeer.media")
+        self.log = logs.logger("pcpeer.media")
         self._open_tracks = open_tracks
         self._relay = MediaRelay()
         self._tracks: Optional[Mapping[str, MediaStreamTrack]] = None

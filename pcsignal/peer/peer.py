@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 from typing import Optional
 
-from twisted.logger import Logger
 
+from pcsignal import logs
 from pcsignal.peer.call import CallConfig, CallManager, CallRefused
 from pcsignal.peer.framework import api_future
 from pcsignal.peer.media import SharedSource, pattern_source
@@ -43,7 +43,7 @@ class Peer:
         retry_delay: float = DEFAULT_RETRY_DELAY,
         max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
     ) -> None:
-        self.log = Logger(namespace="pcpeer")
+        self.log = logs.logger("pcpeer")
         self.signaling = SignalingClient(
             server_url, name, reactor=reactor, retry_delay=retry_delay, max_retry_delay=max_retry_delay
         )

@@ -41,11 +41,10 @@ from treq.client import HTTPClient
 from pyee.twisted import TwistedEventEmitter
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
-from pcsignal import protocol
+from pcsignal import logs, protocol
 
 DEFAULT_RETRY_DELAY = 2.0
 DEFAULT_MAX_RETRY_DELAY = 10.0
@@ -82,7 +81,7 @@ class SignalingClient(TwistedEventEmitter):
         max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
     ) -> None:
         super().__init__()
-        self.log = Logger(namespace="pcpeer.signaling")
+        self.log = logs.logger("pcpeer.signaling")
         if reactor is None:
             from twisted.internet import reactor
         self.server_url = server_url.rstrip("/")

@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
 from pcsignal.peer.media import RECORDABLE_KINDS
@@ -108,6 +108,10 @@ class Options(usage.Options):
         ["stats-interval", None, 5.0, "Seconds between statistics log lines per call (0: none).", _non_negative_float],
         ["retry-delay", None, 2.0, "Seconds before retrying an unreachable server.", _positive_float],
         ["max-retry-delay", None, 10.0, "Cap of the doubling retry delay.", _positive_float],
+        ["metrics", None, None, "Serve Prometheus metrics (calls, frames) at /metrics on this "
+         "Twisted endpoint, e.g. tcp:9101:interface=127.0.0.1."],
+        ["log-level", None, "info", "Least severe pcpeer events logged: debug (adds ICE and "
+         "signaling details, candidates, data-channel text), info, warn, error, critical."],
     ]
 
     def __init__(self):
@@ -132,6 +136,10 @@ class Options(usage.Options):
         self["play-options"][key] = value
 
     def postOptions(self):
+        from pcsignal import logs
+
+        if self["log-level"] not in logs.LEVELS:
+            raise usage.UsageError("--log-level must be one of " + ", ".join(logs.LEVELS))
         if self["name"] is None:
             self["name"] = default_name()
         if not self["server"].startswith(("http://", "https://")):
@@ -185,7 +193,10 @@ def makeService(options):
     from pcsignal.peer.media import SharedSource, pattern_source, player_source
     from pcsignal.peer.peer import Peer
 
+    from pcsignal import logs
+
     txaio.use_twisted()
+    logs.set_level(options["log-level"])
     restrict_host_addresses(options["ice-addresses"] or None)
     if options["play"] is not None:
         opener = player_source(
@@ -212,4 +223,11 @@ def makeService(options):
         retry_delay=options["retry-delay"],
         max_retry_delay=options["max-retry-delay"],
     )
-    return PeerService(peer)
+    top = MultiService()
+    PeerService(peer).setServiceParent(top)
+    if options["metrics"] is not None:
+        from pcsignal.peer.metrics import metrics_site
+        from pcsignal.server_tap import ListenerService
+
+        ListenerService(options["metrics"], metrics_site(peer), "pcpeer metrics").setServiceParent(top)
+    return top
