@@ -271,8 +271,10 @@ class MemoryChannel:
     def _deliver(self, member: _Member, item: Item) -> bool:
         """Hand the item to the parked wait, or queue it; False if full."""
         if member.waiter is not None:
-            self._unpark(member).callback(item)
+            d = self._unpark(member)
+            # Timer first: the callback may park the next wait at once.
             self._arm_timeout(member)
+            d.callback(item)
             return True
         if len(member.mailbox) >= self._max_queue:
             return False

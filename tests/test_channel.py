@@ -203,3 +203,20 @@ def test_delayed_calls_are_one_per_idle_peer(channel, clock):
             if not d.called:
                 break
     assert len(clock.getDelayedCalls()) == 0
+
+
+def test_wait_parked_from_inside_a_delivery_keeps_the_peer(channel, clock):
+    """An in-process client may re-park from its callback; it must stay alive."""
+    sign_in(channel, "a"), sign_in(channel, "b")
+    result_of(channel.wait(1))
+    got = []
+
+    def again(item):
+        got.append(item.body)
+        channel.wait(1).addCallback(again)
+
+    channel.wait(1).addCallback(again)
+    result_of(channel.post(2, 1, None, b"x"))
+    channel.wait(2)
+    clock.advance(100)
+    assert got == [b"x"] and channel.peer_count == 2
