@@ -627,7 +627,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print(summary(result))
-    return 1 if result["errors"] else 0
+    return 0 if succeeded(result) else 1
+
+
+def succeeded(result: dict) -> bool:
+    """No errors, no peer timed out, and a storm that completed."""
+    if result["errors"] or result.get("timed_out_peers"):
+        return False
+    return result.get("complete", True)
 
 
 if __name__ == "__main__":

@@ -85,11 +85,12 @@ def test_storm_every_peer_learns_every_other(pcsignal_server, processes):
     assert signed_in_peers(url) == []
 
 
-def test_hold_delivers_to_random_parked_peers(pcsignal_server):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_hold_delivers_to_random_parked_peers(pcsignal_server, processes):
     proc, url = pcsignal_server
     code, result = run_bench(
         url, "hold", "--peers", "25", "--messages", "60", "--seed", "7",
-        "--server-pid", str(proc.proc.pid),
+        "--processes", str(processes), "--server-pid", str(proc.proc.pid),
     )
     assert code == 0, result
     assert result["errors"] == 0, result["error_samples"]
@@ -154,6 +155,14 @@ def test_percentiles_are_nearest_rank():
     assert bench.latency_summary([0.001, 0.003, 0.002]) == {
         "count": 3, "p50_ms": 2.0, "p99_ms": 3.0, "max_ms": 3.0,
     }
+
+
+def test_exit_status_says_whether_the_run_went_well():
+    clean = {"scenario": "storm", "errors": 0, "timed_out_peers": 0, "complete": True}
+    assert bench.succeeded(clean)
+    assert not bench.succeeded(dict(clean, timed_out_peers=1))
+    assert not bench.succeeded(dict(clean, complete=False))
+    assert not bench.succeeded({"scenario": "relay", "errors": 2})
 
 
 def test_message_budget_is_split_exactly():
