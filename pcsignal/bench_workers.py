@@ -45,8 +45,11 @@ def own_cpu_seconds() -> float:
 
 
 def _emit(**message) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+    except OSError:
+        pass  # the coordinator is gone; the peers are still signed out
 
 
 async def serve(url: str) -> None:
