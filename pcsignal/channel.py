@@ -63,14 +63,22 @@ class Item:
     """
     One mailbox item, delivered as one /wait answer.
 
-    ``pragma`` is what goes in the Pragma header: the receiver's own id for a
-    notification, the sender's id for a message.
+    ``sender`` is the id of the peer that posted a message, and None for a
+    notification from the server, so that one notification Item is shared by
+    every mailbox it goes to.  The Pragma header carries the sender's id for
+    a message and the receiver's own id for a notification (``pragma_for``).
     """
 
-    pragma: int
+    sender: Optional[int]
     body: bytes
     content_type: Optional[bytes]
-    notification: bool
+
+    @property
+    def notification(self) -> bool:
+        return self.sender is None
+
+    def pragma_for(self, receiver: int) -> int:
+        return receiver if self.sender is None else self.sender
 
 
 class IChannel(Interface):
@@ -209,7 +217,7 @@ class MemoryChannel:
         target = self._members.get(to_id)
         if from_id not in self._members or target is None:
             return fail(UnknownPeer(to_id))
-        if not self._deliver(target, Item(from_id, body, content_type, False)):
+        if not self._deliver(target, Item(from_id, body, content_type)):
             self._count_rejection("mailbox_full")
             return fail(MailboxFull(to_id, self._max_queue))
         if logs.debug:
@@ -285,8 +293,9 @@ class MemoryChannel:
     def _notify_all(self, entry: bytes) -> list[_Member]:
         """Queue a notification for every member; return those that were full."""
         full = []
+        item = Item(None, entry, b"text/plain")  # one for all: memory is O(1) per event
         for member in self._members.values():
-            if not self._deliver(member, Item(member.peer_id, entry, b"text/plain", True)):
+            if not self._deliver(member, item):
                 full.append(member)
         return full
 

@@ -123,8 +123,8 @@ def respond_failure(request: "SignalingRequest", failure: Failure) -> None:
         respond(request, 500, b"Internal Server Error", b"Internal server error.")
 
 
-def respond_item(request: "SignalingRequest", item: Item) -> None:
-    respond(request, 200, b"OK", item.body, item.content_type, item.pragma)
+def respond_item(request: "SignalingRequest", item: Item, receiver: int) -> None:
+    respond(request, 200, b"OK", item.body, item.content_type, item.pragma_for(receiver))
 
 
 def query(request) -> bytes:
@@ -238,6 +238,11 @@ class SignalingHTTPChannel(HTTPChannel):
     def connectionMade(self):
         HTTPChannel.connectionMade(self)
         self.site.connections.add(self)
+        # Every Request asks; without this, one getsockname() call each.
+        self._host = HTTPChannel.getHost(self)
+
+    def getHost(self):
+        return self._host
 
     def dataReceived(self, data):
         if self._deadline is None and not self._handlingRequest:
@@ -338,7 +343,7 @@ class Wait(Endpoint):
         if not d.called:
             # If the client leaves first, un-park without consuming an item.
             request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addCallbacks(lambda item: respond_item(request, item),
+        d.addCallbacks(lambda item: respond_item(request, item, peer_id),
                        lambda f: respond_failure(request, f))
 
 

@@ -10,8 +10,8 @@ answering daemon, then calls it from this process through the Python API
 2. CPU per call and delivered frames for one --hold-seconds call at
    --video-size/--fps (VP8): CPU of the daemon and of this process, and the
    share of video frames sent that the other side decoded, both ways;
-3. memory over --churn back-to-back calls: the daemon's RSS after the
-   first 10 calls (warm) and after the last.
+3. memory over --churn back-to-back calls: the daemon's RSS every 10
+   calls; growth compares the peak of calls 10-30 with that of the last 30.
 
 Run:  python -m pcsignal.peer.bench [--calls 20] [--hold-seconds 30] [--churn 100]
 """
@@ -229,16 +229,22 @@ async def run(reactor, options) -> dict:
             for n in range(1, options.churn + 1):
                 setup, _, _ = await one_call(peer, answerer, hold=options.churn_hold)
                 churn_setups.append(setup)
-                if n in (10, options.churn):
+                if n % 10 == 0 or n == options.churn:
                     rss[n] = (answerer.rss_kib(), _own_rss_kib())
-            warm, last = rss[min(10, options.churn)], rss[options.churn]
+            # RSS swings by tens of MB within a call (codec buffers come and
+            # go), so compare peaks: calls 10-30 against the last 30.
+            samples = [rss[n] for n in sorted(rss)]
+            warm = [max(side) for side in zip(*samples[:3])]
+            last = [max(side) for side in zip(*samples[-3:])]
             results["churn"] = {
                 "calls": options.churn,
-                "daemon_rss_kib_after_10_and_last": [warm[0], last[0]],
+                "daemon_rss_kib_peak_early_and_late": [warm[0], last[0]],
                 "daemon_rss_growth_percent": round(100.0 * (last[0] - warm[0]) / warm[0], 1),
-                "caller_rss_kib_after_10_and_last": [warm[1], last[1]],
+                "caller_rss_kib_peak_early_and_late": [warm[1], last[1]],
                 "caller_rss_growth_percent": round(100.0 * (last[1] - warm[1]) / warm[1], 1),
                 "setup_median_s": round(statistics.median(churn_setups), 4),
+                # The whole curve, to tell a leak (steady climb) from swings.
+                "daemon_rss_kib_every_10": [sample[0] for sample in samples],
             }
             print("churn: %s" % (results["churn"],), flush=True)
         await peer.stop()
