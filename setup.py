@@ -22,7 +22,9 @@ setup(
         "av>=12.0.0",
         "numpy>=1.24",
         "prometheus-client>=0.20.0",
-        "aiohttp>=3.9",  # pcsignal-bench, which any user may point at any server
+        # pcsignal-bench, which any user may point at any server
+        "aiohttp>=3.9",
+        "uvloop>=0.19; sys_platform != 'win32'",
     ],
     extras_require={
         "test": [
