@@ -111,15 +111,19 @@ def test_message_keeps_bytes_content_type_and_order(pair):
     assert b.wait().body == b"second"
 
 
+def parked_waits_become(url, count, timeout=5):
+    """Poll /metrics until the server has this many parked waits (no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while b"pcsignal_parked_waits %d.0" % count not in native(url, "GET", "/metrics").body:
+        assert time.monotonic() < deadline, "parked waits never became %d" % count
+
+
 def test_parked_wait_gets_the_message(pair):
     a, b = pair
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("item", b.wait()))
     t.start()
-    # The parked wait is visible in the metrics: wait for it, then send.
-    deadline = time.monotonic() + 5
-    while b"pcsignal_parked_waits 1.0" not in native(a.url, "GET", "/metrics").body:
-        assert time.monotonic() < deadline
+    parked_waits_become(a.url, 1)  # then send
     assert a.send(b.id, b"hello").status == 200
     t.join(5)
     assert result["item"].body == b"hello" and result["item"].pragma == a.id
@@ -252,9 +256,7 @@ def test_second_wait_answers_the_first(pair):
     first = {}
     t = threading.Thread(target=lambda: first.setdefault("a", b.wait()))
     t.start()
-    deadline = time.monotonic() + 5
-    while b"pcsignal_parked_waits 1.0" not in native(a.url, "GET", "/metrics").body:
-        assert time.monotonic() < deadline
+    parked_waits_become(a.url, 1)
     second = {}
     t2 = threading.Thread(target=lambda: second.setdefault("a", b.wait()))
     t2.start()
@@ -270,12 +272,9 @@ def test_vanished_wait_does_not_swallow_next_item(server, pair):
     port = int(server[1].rsplit(":", 1)[1])
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(b"GET /wait?peer_id=%d HTTP/1.0\r\n\r\n" % b.id)
-    deadline = time.monotonic() + 5
-    while b"pcsignal_parked_waits 1.0" not in native(a.url, "GET", "/metrics").body:
-        assert time.monotonic() < deadline
+    parked_waits_become(a.url, 1)
     sock.close()  # the client vanishes
-    while b"pcsignal_parked_waits 0.0" not in native(a.url, "GET", "/metrics").body:
-        assert time.monotonic() < deadline
+    parked_waits_become(a.url, 0)
     assert a.send(b.id, b"kept").status == 200
     assert b.wait().body == b"kept"
 

@@ -127,7 +127,35 @@ class TestPatternLayout:
         self.counter_digits = 6
 
 
-class TestPatternVideoTrack(MediaStreamTrack):
+class PacedTrack(MediaStreamTrack):
+    """
+    A live track whose frames are due on an ideal schedule, one every
+    ``period`` seconds from the first, so that timing errors do not add up.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames_generated = 0
+        self._start: float | None = None
+
+    async def next_index(self, period: float) -> int:
+        """Wait until the next frame is due; return its number."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        index = self.frames_generated
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            delay = self._start + index * period - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.readyState != "live":
+                raise MediaStreamError
+        self.frames_generated += 1
+        return index
+
+
+class TestPatternVideoTrack(PacedTrack):
     """A live video track: moving colour bars, a bouncing square, counter and clock."""
 
     kind = "video"
@@ -139,8 +167,6 @@ class TestPatternVideoTrack(MediaStreamTrack):
             raise ValueError("fps must be positive")
         self.layout = TestPatternLayout(width, height)
         self.fps = fps
-        self.frames_generated = 0
-        self._start: float | None = None
         self._bars = self._make_bars(width, height)
 
     @staticmethod
@@ -189,26 +215,14 @@ class TestPatternVideoTrack(MediaStreamTrack):
         return frame
 
     async def recv(self) -> VideoFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        index = self.frames_generated
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            # Pace by the ideal schedule so that timing errors do not add up.
-            delay = self._start + index / self.fps - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if self.readyState != "live":
-                raise MediaStreamError
+        index = await self.next_index(1.0 / self.fps)
         frame = VideoFrame.from_ndarray(self.render(index, time.time()), format="yuv420p")
         frame.pts = int(index * VIDEO_CLOCK_RATE / self.fps)
         frame.time_base = VIDEO_TIME_BASE
-        self.frames_generated += 1
         return frame
 
 
-class ToneAudioTrack(MediaStreamTrack):
+class ToneAudioTrack(PacedTrack):
     """A live audio track: 440 Hz tone with a 1 kHz beep at each second."""
 
     kind = "audio"
@@ -217,8 +231,6 @@ class ToneAudioTrack(MediaStreamTrack):
         super().__init__()
         self.sample_rate = sample_rate
         self.samples_per_frame = int(sample_rate * AUDIO_PTIME)
-        self.frames_generated = 0
-        self._start: float | None = None
 
     def render(self, first_sample: int, now: float) -> np.ndarray:
         t = (first_sample + np.arange(self.samples_per_frame)) / self.sample_rate
@@ -227,21 +239,10 @@ class ToneAudioTrack(MediaStreamTrack):
         return (tone * 8000).astype(np.int16).reshape(1, -1)
 
     async def recv(self) -> AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        index = self.frames_generated
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            delay = self._start + index * AUDIO_PTIME - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if self.readyState != "live":
-                raise MediaStreamError
+        index = await self.next_index(AUDIO_PTIME)
         first_sample = index * self.samples_per_frame
         frame = AudioFrame.from_ndarray(self.render(first_sample, time.time()), format="s16", layout="mono")
         frame.sample_rate = self.sample_rate
         frame.pts = first_sample
         frame.time_base = fractions.Fraction(1, self.sample_rate)
-        self.frames_generated += 1
         return frame
