@@ -120,8 +120,8 @@ class ListenerService(StreamServerEndpointService):
 
     def _listening(self, port):
         tls = " (TLS)" if self.description.startswith("ssl:") else ""
-        log.info("{what} on {address}{tls}", what=self.what,
-                 address=_describe(port.getHost()), tls=tls)
+        # The text is part of the format, so JSON logs keep it searchable.
+        log.info(self.what + " on {address}{tls}", address=_describe(port.getHost()), tls=tls)
         return port
 
 

@@ -117,7 +117,7 @@ def test_json_logs():
         for line in p.stdout:
             event = json.loads(line)
             if event.get("log_namespace") == "pcsignal.server":
-                assert event["what"] == "pcsignal listening"
+                assert event["log_format"].startswith("pcsignal listening on")
                 assert event["address"].startswith("127.0.0.1:")
                 assert event["log_level"]["name"] == "info"
                 break
