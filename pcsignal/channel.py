@@ -184,7 +184,6 @@ class MemoryChannel:
         if self._closed:
             return fail(ShuttingDown())
         if len(self._members) >= self._max_peers:
-            self._count_rejection("server_full")
             return fail(ServerFull(self._max_peers))
         peer_id = self._allocate_id()
         member = _Member(peer_id, protocol.clean_name(raw_name, peer_id))
@@ -218,7 +217,6 @@ class MemoryChannel:
         if from_id not in self._members or target is None:
             return fail(UnknownPeer(to_id))
         if not self._deliver(target, Item(from_id, body, content_type)):
-            self._count_rejection("mailbox_full")
             return fail(MailboxFull(to_id, self._max_queue))
         if logs.debug:
             self.log.debug("message {from_id} -> {to_id}: {size} bytes",
@@ -303,7 +301,6 @@ class MemoryChannel:
         # Never lose a notification silently: a peer whose mailbox is full is
         # not keeping up, so it is dropped (its next /wait says so).
         for member in members:
-            self._count_rejection("mailbox_full")
             self._remove(member, "dropped (mailbox full)")
 
     def _arm_timeout(self, member: _Member) -> None:
@@ -327,6 +324,8 @@ class MemoryChannel:
             if self._members.get(member.peer_id) is not member:
                 continue
             del self._members[member.peer_id]
+            if self.metrics and why.startswith("dropped"):
+                self.metrics.slow_peers_dropped.inc()
             if member.timeout is not None:
                 if member.timeout.active():
                     member.timeout.cancel()
@@ -340,12 +339,8 @@ class MemoryChannel:
                           count=len(self._members))
             entry = protocol.format_entry(member.name, member.peer_id, False)
             for slow in self._notify_all(entry):
-                self._count_rejection("mailbox_full")
                 pending.append((slow, "dropped (mailbox full)"))
 
-    def _count_rejection(self, reason: str) -> None:
-        if self.metrics:
-            self.metrics.rejections.labels(reason).inc()
 
 
 __all__ = [

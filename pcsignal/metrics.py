@@ -36,6 +36,9 @@ class ServerMetrics:
         self.messages = Counter("pcsignal_messages", "Messages relayed between peers.", registry=r)
         self.message_bytes = Counter("pcsignal_message_bytes",
                                      "Bytes of message bodies relayed.", registry=r)
+        self.slow_peers_dropped = Counter(
+            "pcsignal_slow_peers_dropped",
+            "Peers dropped because a notification found their mailbox full.", registry=r)
         self.rejections = Counter("pcsignal_rejections", "Requests refused, by reason.",
                                   ["reason"], registry=r)
         self.request_seconds = Histogram(

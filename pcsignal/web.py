@@ -106,7 +106,8 @@ def respond(
 
 
 def respond_error(request: "SignalingRequest", code: int, reason: bytes, text: str, why: str):
-    request.site.count_rejection(why)
+    request.site.count_rejection(why, "%s %s" % (request.method.decode("latin-1"),
+                                                 request.path.decode("latin-1")))
     respond(request, code, reason, text.encode("utf-8"))
 
 
@@ -269,9 +270,9 @@ class SignalingHTTPChannel(HTTPChannel):
 
     def _too_slow(self):
         self._deadline = None
-        self.site.count_rejection("request_timeout")
-        self.site.logger.info("closing {peer}: request not received within {timeout}s",
-                           peer=str(self.transport.getPeer()), timeout=self.site.request_timeout)
+        self.site.count_rejection(
+            "request_timeout", "connection from %s, request not received within %gs"
+            % (self.transport.getPeer(), self.site.request_timeout))
         self.transport.abortConnection()
 
 
@@ -491,9 +492,11 @@ class SignalingSite(server.Site):
         for conn in list(self.connections):
             conn.transport.abortConnection()
 
-    def count_rejection(self, why: str) -> None:
-        if logs.debug:
-            self.logger.debug("rejected: {why}", why=why)
+    def count_rejection(self, why: str, what: str) -> None:
+        """Count and log a refusal; ``what`` is the method and path only (the
+        query holds names and ids; bodies are never logged)."""
+        if why != "not_found" or logs.debug:  # a missing favicon is no news
+            self.logger.info("refused {what}: {why}", what=what, why=why)
         if self.metrics is not None:
             self.metrics.rejections.labels(why).inc()
 

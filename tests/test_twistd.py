@@ -151,3 +151,15 @@ def test_debug_level_logs_each_message_but_never_its_body(run_twistd):
     native(url, "POST", "/message?peer_id=%d&to=%d" % (a, b), b"secret-sdp")
     proc.wait_for_log(r"message %d -> %d: 10 bytes" % (a, b))
     assert "secret-sdp" not in proc.output()
+
+
+def test_refusals_are_logged_and_counted_once(run_twistd):
+    proc, url = start_pcsignal(run_twistd, "--max-queue", "1")
+    a = native(url, "GET", "/sign_in?a").pragma
+    b = native(url, "GET", "/sign_in?b").pragma
+    send = "/message?peer_id=%d&to=%d" % (b, a)
+    # a's mailbox holds b's sign-in notification: full.
+    assert native(url, "POST", send, b"x").status == 503
+    proc.wait_for_log(r"refused POST /message: mailbox_full")
+    assert metric(url, "pcsignal_rejections_total", {"reason": "mailbox_full"}) == 1
+    assert "peer_id=" not in proc.output()  # the query (ids, names) is not logged
