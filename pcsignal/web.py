@@ -205,8 +205,8 @@ class SignalingRequest(server.Request):
 
     def write(self, data):
         if not self.startedWriting and not self.responseHeaders.hasHeader(b"Access-Control-Allow-Origin"):
-            # Answers from twisted.web's own resources (static files,
-            # metrics, errors): CORS too, as on every answer.
+            # Answers from twisted.web's own resources (static files, its
+            # error pages): the same Server and CORS headers as every answer.
             for name, value in CORS:
                 self.responseHeaders.setRawHeaders(name, [value])
             self.responseHeaders.removeHeader(b"Date")
