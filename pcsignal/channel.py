@@ -48,6 +48,14 @@ class MailboxFull(ChannelError):
         )
 
 
+class ServerBusy(ChannelError):
+    def __init__(self, max_queued_bytes):
+        super().__init__(
+            "Server busy: %d bytes of messages wait to be picked up; message not queued, "
+            "retry later." % (max_queued_bytes,)
+        )
+
+
 class ShuttingDown(ChannelError):
     def __init__(self):
         super().__init__("Server shutting down.")
@@ -92,6 +100,7 @@ class IChannel(Interface):
     peer_count = Attribute("Number of signed-in peers.")
     waiting_count = Attribute("Number of parked waits.")
     queued_count = Attribute("Number of items in all mailboxes.")
+    queued_bytes = Attribute("Bytes of message bodies in all mailboxes.")
 
     def sign_in(raw_name: bytes) -> Deferred:
         """
@@ -160,6 +169,7 @@ class MemoryChannel:
         peer_timeout: float = 30.0,
         max_peers: int = 10000,
         max_queue: int = 1000,
+        max_queued_bytes: int = 256 * 1024 * 1024,
         new_id: Optional[Callable[[], int]] = None,
         metrics=None,
     ):
@@ -167,11 +177,15 @@ class MemoryChannel:
         self._peer_timeout = peer_timeout
         self._max_peers = max_peers
         self._max_queue = max_queue
+        # Mailboxes hold at most max_queue items each, but bodies are what
+        # weigh: this caps them all together, so memory is bounded for real.
+        self._max_queued_bytes = max_queued_bytes
         self._new_id = new_id or random_ids()
         self._members: dict[int, _Member] = {}  # insertion order = sign-in order
         self.metrics = metrics
         self.waiting_count = 0
         self.queued_count = 0
+        self.queued_bytes = 0  # message bodies; notifications are shared and small
         self._closed = False
 
     @property
@@ -216,6 +230,8 @@ class MemoryChannel:
         target = self._members.get(to_id)
         if from_id not in self._members or target is None:
             return fail(UnknownPeer(to_id))
+        if target.waiter is None and self.queued_bytes + len(body) > self._max_queued_bytes:
+            return fail(ServerBusy(self._max_queued_bytes))
         if not self._deliver(target, Item(from_id, body, content_type)):
             return fail(MailboxFull(to_id, self._max_queue))
         if logs.debug:
@@ -231,9 +247,12 @@ class MemoryChannel:
         if member is None:
             return fail(UnknownPeer(peer_id))
         if member.mailbox:
+            item = member.mailbox.popleft()
             self.queued_count -= 1
+            if item.sender is not None:
+                self.queued_bytes -= len(item.body)
             self._arm_timeout(member)  # answered now; it has peer_timeout to come back
-            return succeed(member.mailbox.popleft())
+            return succeed(item)
         if member.waiter is not None:
             self._unpark(member).errback(WaitReplaced())
         elif member.timeout is not None:
@@ -286,6 +305,8 @@ class MemoryChannel:
             return False
         member.mailbox.append(item)
         self.queued_count += 1
+        if item.sender is not None:
+            self.queued_bytes += len(item.body)
         return True
 
     def _notify_all(self, entry: bytes) -> list[_Member]:
@@ -333,6 +354,7 @@ class MemoryChannel:
             if member.waiter is not None:
                 self._unpark(member).errback(UnknownPeer(member.peer_id))
             self.queued_count -= len(member.mailbox)
+            self.queued_bytes -= sum(len(i.body) for i in member.mailbox if i.sender is not None)
             member.mailbox.clear()
             self.log.info("{why}: {name!r} ({peer_id}), {count} peers left",
                           why=why, name=member.name, peer_id=member.peer_id,
@@ -344,7 +366,7 @@ class MemoryChannel:
 
 
 __all__ = [
-    "ChannelError", "UnknownPeer", "ServerFull", "MailboxFull", "ShuttingDown",
+    "ChannelError", "UnknownPeer", "ServerFull", "MailboxFull", "ServerBusy", "ShuttingDown",
     "WaitReplaced", "Item", "IChannel", "MemoryChannel", "random_ids",
     "sequential_ids", "CancelledError",
 ]

@@ -29,6 +29,8 @@ class ServerMetrics:
             lambda: channel.waiting_count)
         Gauge("pcsignal_queued_items", "Items in all mailboxes.", registry=r).set_function(
             lambda: channel.queued_count)
+        Gauge("pcsignal_queued_message_bytes", "Bytes of message bodies in all mailboxes.",
+              registry=r).set_function(lambda: channel.queued_bytes)
         self.sign_ins = Counter("pcsignal_sign_ins", "Peers signed in.", registry=r)
         self.sign_outs = Counter("pcsignal_sign_outs", "Peers signed out.", registry=r)
         self.timeouts = Counter("pcsignal_timeouts",

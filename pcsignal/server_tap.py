@@ -54,6 +54,9 @@ class Options(usage.Options):
         ["max-queue", None, 1000, "Most items waiting in one peer's mailbox; a message "
          "beyond it gets 503 (the sender knows it was not queued), a peer whose "
          "mailbox overflows with notifications is dropped.", _positive(int)],
+        ["max-queued-bytes", None, 256 * 1024 * 1024, "Most bytes of message bodies "
+         "waiting in all mailboxes together; a message beyond it gets 503. With the "
+         "other limits, this bounds the server's memory.", _positive(int)],
         ["request-timeout", None, 10.0, "Close a connection that takes longer than this "
          "to send one request's headers and body (slowloris).", _positive(float)],
         ["idle-timeout", None, 60.0, "Close a keep-alive connection idle this long.",
@@ -149,6 +152,7 @@ def makeService(config, reactor=None):
         peer_timeout=config["peer-timeout"],
         max_peers=config["max-peers"],
         max_queue=config["max-queue"],
+        max_queued_bytes=config["max-queued-bytes"],
         new_id=sequential_ids() if config["sequential-ids"] else random_ids(),
     )
     channel.metrics = metrics = ServerMetrics(channel)

@@ -27,6 +27,7 @@ from pcsignal.channel import (
     IChannel,
     Item,
     MailboxFull,
+    ServerBusy,
     ServerFull,
     ShuttingDown,
     UnknownPeer,
@@ -52,6 +53,7 @@ _STATUS = {
     UnknownPeer: (500, b"Error"),
     ServerFull: (503, b"Service Unavailable"),
     MailboxFull: (503, b"Service Unavailable"),
+    ServerBusy: (503, b"Service Unavailable"),
     ShuttingDown: (503, b"Service Unavailable"),
     WaitReplaced: (409, b"Conflict"),
 }
@@ -59,6 +61,7 @@ _REJECTION_REASON = {
     UnknownPeer: "unknown_peer",
     ServerFull: "server_full",
     MailboxFull: "mailbox_full",
+    ServerBusy: "queued_bytes_full",
     ShuttingDown: "shutting_down",
     WaitReplaced: "wait_replaced",
 }

@@ -4,7 +4,8 @@ import pytest
 from twisted.internet.task import Clock
 
 from pcsignal.channel import (
-    Item, MailboxFull, MemoryChannel, ServerFull, ShuttingDown, UnknownPeer, WaitReplaced,
+    Item, MailboxFull, MemoryChannel, ServerBusy, ServerFull, ShuttingDown, UnknownPeer,
+    WaitReplaced,
     sequential_ids,
 )
 
@@ -224,3 +225,27 @@ def test_wait_parked_from_inside_a_delivery_keeps_the_peer(channel, clock):
     channel.wait(2)
     clock.advance(100)
     assert got == [b"x"] and channel.peer_count == 2
+
+
+def test_queued_message_bytes_are_capped_for_the_whole_server(clock):
+    channel = MemoryChannel(clock, max_queued_bytes=10, new_id=sequential_ids())
+    for name in "abc":
+        result_of(channel.sign_in(name.encode()))
+    for peer in (1, 2):
+        while True:  # drain the sign-in notifications
+            if not channel.wait(peer).called:
+                break
+    # 1 and 2 are parked: messages to them are delivered, never queued.
+    result_of(channel.post(3, 1, None, b"x" * 50))
+    # 3 is not parked: its mailbox takes bodies up to 10 bytes in all.
+    result_of(channel.post(1, 3, None, b"123456"))
+    result_of(channel.post(2, 3, None, b"7890"))
+    assert channel.queued_bytes == 10
+    failure_of(channel.post(1, 3, None, b"!"), ServerBusy)
+    # c signed in last: its mailbox holds only the two messages.
+    assert [result_of(channel.wait(3)).body for _ in range(2)] == [b"123456", b"7890"]
+    assert channel.queued_bytes == 0
+    result_of(channel.post(1, 3, None, b"!"))
+    result_of(channel.sign_out(3))  # its queued "!" goes with it
+    assert channel.queued_bytes == 0
+    assert channel.queued_count == 1  # 1 is not parked any more: c's sign-out waits for it

@@ -361,3 +361,16 @@ def test_form_typed_message_is_relayed_untouched(pair):
         assert a.send(b.id, body, ctype).status == 200
         got = b.wait()
         assert (got.body, got.header(b"Content-Type")) == (body, ctype)
+
+
+def test_queued_bytes_limit(run_twistd):
+    _, url = start_pcsignal(run_twistd, "--max-queued-bytes", "100")
+    a, b = Peer(url, "a"), Peer(url, "b")
+    assert a.send(b.id, b"x" * 60).status == 200
+    refused = a.send(b.id, b"y" * 60)
+    assert refused.status == 503
+    assert refused.body == (b"Server busy: 100 bytes of messages wait to be picked up; "
+                            b"message not queued, retry later.")
+    assert b.wait().body == b"x" * 60
+    assert a.send(b.id, b"y" * 60).status == 200
+    assert b.wait().body == b"y" * 60

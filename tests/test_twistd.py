@@ -132,7 +132,8 @@ def test_help_documents_every_option():
     assert out.returncode == 0, out.stderr
     for option in ["--port", "--listen", "--peer-timeout", "--max-peers",
                    "--max-message-bytes", "--max-queue", "--sequential-ids",
-                   "--request-timeout", "--idle-timeout", "--access-log", "--log-level"]:
+                   "--request-timeout", "--idle-timeout", "--access-log", "--log-level",
+                   "--max-queued-bytes"]:
         assert re.search(r"^\s+(-\w, )?%s\b.*\S" % option, out.stdout, re.M), option
 
 
