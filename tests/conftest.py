@@ -164,3 +164,13 @@ def processes():
         if p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait()
+
+
+@pytest.fixture
+def loopback_ice():
+    """In-process peers offer 127.0.0.1 only, as the daemons do with --ice-address."""
+    from pcsignal.peer.ice import restrict_host_addresses
+
+    restrict_host_addresses(["127.0.0.1"])
+    yield
+    restrict_host_addresses(None)

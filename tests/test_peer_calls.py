@@ -14,55 +14,15 @@ import av
 import pytest
 import pytest_twisted
 import treq
-import txaio
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
 from pcsignal import protocol
-from pcsignal.peer.call import CallConfig
-from pcsignal.peer.ice import restrict_host_addresses
-from pcsignal.peer.media import SharedSource, pattern_source
 from pcsignal.peer.pattern import TestPatternLayout, read_text
-from pcsignal.peer.peer import Peer
 
 from conftest import start_pcsignal
+from peers import api_peer, frames_from, in_thread, start_peer
 
-txaio.use_twisted()
-PEER_ARGS = ("--ice-address=127.0.0.1", "--video-size=320x240", "--fps=15", "--stats-interval=2")
-
-
-@pytest.fixture(autouse=True)
-def loopback_only():
-    """In-process peers offer 127.0.0.1 only, as the daemons do with --ice-address."""
-    restrict_host_addresses(["127.0.0.1"])
-    yield
-    restrict_host_addresses(None)
-
-
-def start_peer(run_twistd, url, name, *args):
-    """A twistd pcpeer signed in; returns (process, peer id)."""
-    proc = run_twistd("pcpeer", "--server", url, "--name", name, *PEER_ARGS, *args)
-    m = proc.wait_for_log(r"signed in to .* as %s \((\d+)\)" % (re.escape(name),))
-    return proc, int(m.group(1))
-
-
-def frames_from(name, count=30, kind="video"):
-    return r"received %d %s frames from %s \(\d+\)" % (count, kind, re.escape(name))
-
-
-def in_thread(proc, pattern, timeout=30):
-    """wait_for_log without blocking the reactor (for tests with in-process peers)."""
-    return threads.deferToThread(proc.wait_for_log, pattern, timeout)
-
-
-def api_peer(url, name):
-    """An in-process peer sending a tiny test pattern."""
-    return Peer(
-        url,
-        name,
-        source=SharedSource(pattern_source(160, 120, 10)),
-        config=CallConfig(stats_interval=0),
-        retry_delay=0.5,
-    )
+pytestmark = pytest.mark.usefixtures("loopback_ice")
 
 
 def sign_out(url, peer_id):
