@@ -100,12 +100,11 @@ def peer_button(page, name):
     return page.locator("#peer-list button.peer", has_text=name)
 
 
-def expect_connected(page, peer_name, chat=True):
-    """Connected; with chat=False the caller (pcpeer) offered no data channel."""
+def expect_connected(page, peer_name):
+    """Connected, with the chat's data channel open."""
     expect(page.locator("#call-title")).to_have_text("In call with " + peer_name)
     expect(page.locator("#state-ice")).to_have_text(re.compile("connected|completed"))
-    if chat:
-        expect(page.locator("#chat-input")).to_be_enabled()
+    expect(page.locator("#chat-input")).to_be_enabled()
 
 
 def expect_remote_video_playing(page, size=None):

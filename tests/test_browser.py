@@ -214,8 +214,12 @@ def test_browser_and_pcpeer_call_each_other(chromium, pcsignal_server, run_twist
     caller = start_pcpeer(run_twistd, url, "caller", "--call", "alice")
 
     def pcpeer_calls_browser():
-        expect_connected(alice, "caller", chat=False)
+        expect_connected(alice, "caller")
         expect_remote_video_playing(alice, size=PATTERN_SIZE)
+        # The calling pcpeer opened the chat channel, and echoes on it too.
+        alice.fill("#chat-input", "echo from the callee side")
+        alice.press("#chat-input", "Enter")
+        expect(alice.locator("#chat-log .chat-line.theirs", has_text="echo from the callee side")).to_have_count(1)
         caller.wait_for_log(frames_from("alice"))
         # pcpeer stopping hangs up: the page returns to the peer list.
         caller.stop()

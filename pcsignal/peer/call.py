@@ -124,6 +124,8 @@ class Call:
 
     async def make_offer(self) -> None:
         self._attach_outgoing(KINDS, caller=True)
+        # Like a browser page, the caller opens the chat channel; it echoes.
+        self._echo_data_channel(self.pc.createDataChannel("chat"))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self._watch_dtls()
         self.log.info("sending offer to {label}", label=self.label)
@@ -242,6 +244,13 @@ class Call:
 
     # -- state and statistics ----------------------------------------------------
 
+    def _echo_data_channel(self, channel) -> None:
+        @channel.on("message")
+        def on_message(message):
+            # Echo, so that a browser can check the path end to end.
+            self.log.debug("data channel {name!r}: {message!r}", name=channel.label, message=message)
+            channel.send(message)
+
     def _watch_peer_connection(self) -> None:
         pc = self.pc
 
@@ -252,12 +261,7 @@ class Call:
         @pc.on("datachannel")
         def on_datachannel(channel):
             self.log.info("data channel {name!r} opened by {label}", name=channel.label, label=self.label)
-
-            @channel.on("message")
-            def on_message(message):
-                # Echo, so that a browser can check the path end to end.
-                self.log.debug("data channel {name!r}: {message!r}", name=channel.label, message=message)
-                channel.send(message)
+            self._echo_data_channel(channel)
 
         @pc.on("signalingstatechange")
         def on_signaling_state():
