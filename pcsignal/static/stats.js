@@ -28,6 +28,16 @@
       this._previous = new Map(); // stats id -> {bytes, timestamp}
     }
 
+    _video(stat, bytes, frames) {
+      return {
+        bitrate: this._bitrate(stat, bytes || 0),
+        width: stat.frameWidth || 0,
+        height: stat.frameHeight || 0,
+        fps: stat.framesPerSecond === undefined ? null : stat.framesPerSecond,
+        frames: frames || 0,
+      };
+    }
+
     _bitrate(stat, bytes) {
       const before = this._previous.get(stat.id);
       this._previous.set(stat.id, { bytes: bytes, timestamp: stat.timestamp });
@@ -45,21 +55,9 @@
       report.forEach((stat) => {
         if (stat.kind !== "video" && stat.type !== "candidate-pair") return;
         if (stat.type === "inbound-rtp") {
-          result.inbound = {
-            bitrate: this._bitrate(stat, stat.bytesReceived || 0),
-            width: stat.frameWidth || 0,
-            height: stat.frameHeight || 0,
-            fps: stat.framesPerSecond === undefined ? null : stat.framesPerSecond,
-            frames: stat.framesDecoded || 0,
-          };
+          result.inbound = this._video(stat, stat.bytesReceived, stat.framesDecoded);
         } else if (stat.type === "outbound-rtp") {
-          result.outbound = {
-            bitrate: this._bitrate(stat, stat.bytesSent || 0),
-            width: stat.frameWidth || 0,
-            height: stat.frameHeight || 0,
-            fps: stat.framesPerSecond === undefined ? null : stat.framesPerSecond,
-            frames: stat.framesEncoded || 0,
-          };
+          result.outbound = this._video(stat, stat.bytesSent, stat.framesEncoded);
         } else if (stat.type === "candidate-pair" && stat.nominated && stat.state === "succeeded") {
           if (stat.currentRoundTripTime !== undefined) result.rttMs = stat.currentRoundTripTime * 1000;
         }
