@@ -260,3 +260,15 @@ def test_plugin_module_does_not_import_the_reactor():
         "p.pcpeer.options; assert 'twisted.internet.reactor' not in sys.modules, 'reactor imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_peer_locks_are_forgotten_when_unused():
+    """A long-running daemon keeps no state for peers that messaged it once."""
+    sent = []
+    manager = CallManager(lambda peer_id, body: sent.append((peer_id, body)),
+                          SharedSource(pattern_source(64, 48, 5)), CallConfig(stats_interval=0))
+    for peer_id in range(1, 6):
+        await manager.handle_message(peer_id, "p%d" % peer_id, b"not json")
+        await manager.handle_message(peer_id, "p%d" % peer_id, b"BYE")
+    assert manager._locks == {} and manager.calls == {}

@@ -467,7 +467,9 @@ class CallManager(EventEmitter):
         self.config = config or CallConfig()
         self.local_id: Optional[int] = None
         self.calls: dict[int, Call] = {}
-        self._locks: dict[int, asyncio.Lock] = {}
+        # peer id -> [lock, users]: each peer's messages are handled in order;
+        # an entry lives only while something uses it.
+        self._locks: dict[int, list] = {}
 
     # -- for API users -----------------------------------------------------------
 
@@ -508,9 +510,17 @@ class CallManager(EventEmitter):
         asyncio.ensure_future(self._serially(peer_id, self._end_call, peer_id, reason, send_bye))
 
     async def _serially(self, peer_id: int, handler, *args):
-        lock = self._locks.setdefault(peer_id, asyncio.Lock())
-        async with lock:
-            return await handler(*args)
+        entry = self._locks.setdefault(peer_id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                return await handler(*args)
+        finally:
+            # Forget the lock once nobody holds or awaits it: a daemon taking
+            # calls for months keeps none for peers long gone.
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[peer_id]
 
     async def hang_up_all(self) -> None:
         """``close`` as a coroutine, for asyncio code."""

@@ -85,6 +85,7 @@ class Peer:
         self._maybe_autocall(peer_id, name)
 
     def _peer_left(self, peer_id: int, name: str) -> None:
+        self._autocalled.discard(peer_id)  # ids are not reused; don't keep it
         self.calls.peer_left(peer_id)
 
     def _message(self, peer_id: int, body: bytes) -> None:
