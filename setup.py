@@ -1,4 +1,29 @@
-from setuptools import setup
+from setuptools import find_packages, setup
+
+# What each part imports, declared where it is used (tests/test_packaging.py
+# checks every import against this): `pip install pcsignal` is the server
+# alone; pcpeer, the load generators, the tests and the docs are extras.
+PEER = [
+    "aiortc>=1.9.0",
+    "aioice>=0.9.0",
+    "av>=12.0.0",
+    "numpy>=1.24",
+    "pyee>=11.0.0",
+    "treq>=23.11.0",
+    "txaio>=23.1.1",
+]
+BENCH = [
+    "aiohttp>=3.9",
+    "yarl>=1.9",
+    "psutil>=5.9",
+    "uvloop>=0.19; sys_platform != 'win32'",
+]
+TEST = PEER + BENCH + [
+    "pytest>=8.0",
+    "pytest-twisted>=1.14.1",
+    "cryptography>=42.0",
+    "playwright>=1.45",
+]
 
 setup(
     name="pcsignal",
@@ -11,33 +36,23 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.10",
-    packages=["pcsignal", "pcsignal.peer", "twisted.plugins"],
+    packages=find_packages(include=["pcsignal", "pcsignal.*"]) + ["twisted.plugins"],
     package_data={"pcsignal": ["static/*"]},
     include_package_data=True,
     install_requires=[
         "Twisted[tls]>=24.7.0",
-        "treq>=23.11.0",
-        "txaio>=23.1.1",
-        "aiortc>=1.9.0",
-        "av>=12.0.0",
-        "numpy>=1.24",
+        "zope.interface>=5.0",
         "prometheus-client>=0.20.0",
-        # pcsignal-bench, which any user may point at any server
-        "aiohttp>=3.9",
-        "uvloop>=0.19; sys_platform != 'win32'",
     ],
     extras_require={
-        "test": [
-            "pytest>=8.0",
-            "pytest-twisted>=1.14.1",
-            "cryptography>=42.0",
-            "playwright>=1.45",
-        ],
+        "peer": PEER,
+        "bench": BENCH,
+        "test": TEST,
     },
     entry_points={
         "console_scripts": [
-            "pcsignal-bench = pcsignal.bench:main",
-            "pcpeer-bench = pcsignal.peer.bench:main",
+            "pcsignal-bench = pcsignal.bench.signaling:main",
+            "pcpeer-bench = pcsignal.bench.calls:main",
         ],
     },
     classifiers=[

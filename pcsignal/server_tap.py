@@ -10,27 +10,18 @@ parked wait and lets the answers reach their clients before exiting.
 from __future__ import annotations
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer
 from twisted.python import usage
 
 from pcsignal import logs, __version__
-from pcsignal.channel import MemoryChannel, random_ids, sequential_ids
+from pcsignal.channel import random_ids, sequential_ids
+from pcsignal.channel.memory import MemoryChannel
+from pcsignal.listeners import ListenerService
 from pcsignal.metrics import ServerMetrics
+from pcsignal.options import positive_float, positive_int
 from pcsignal.web import SignalingSite
 
 log = logs.logger('pcsignal.server')
-
-
-def _positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise ValueError("must be positive")
-        return value
-
-    parse.coerceDoc = "Must be positive."
-    return parse
 
 
 class Options(usage.Options):
@@ -46,21 +37,21 @@ class Options(usage.Options):
         ["port", "p", None, "Listen on this TCP port, all interfaces "
          "(shorthand for --listen tcp:PORT). Default when no --listen: 8888.", int],
         ["peer-timeout", None, 30.0, "Drop a peer that has had no /wait parked for "
-         "this many seconds, as if it had signed out.", _positive(float)],
+         "this many seconds, as if it had signed out.", positive_float],
         ["max-peers", None, 10000, "Most peers signed in at once; sign-in beyond it "
-         "gets 503.", _positive(int)],
+         "gets 503.", positive_int],
         ["max-message-bytes", None, 64 * 1024, "Largest message body; a larger one gets "
-         "413 and is refused before it is buffered.", _positive(int)],
+         "413 and is refused before it is buffered.", positive_int],
         ["max-queue", None, 1000, "Most items waiting in one peer's mailbox; a message "
          "beyond it gets 503 (the sender knows it was not queued), a peer whose "
-         "mailbox overflows with notifications is dropped.", _positive(int)],
+         "mailbox overflows with notifications is dropped.", positive_int],
         ["max-queued-bytes", None, 256 * 1024 * 1024, "Most bytes of message bodies "
          "waiting in all mailboxes together; a message beyond it gets 503. With the "
-         "other limits, this bounds the server's memory.", _positive(int)],
+         "other limits, this bounds the server's memory.", positive_int],
         ["request-timeout", None, 10.0, "Close a connection that takes longer than this "
-         "to send one request's headers and body (slowloris).", _positive(float)],
+         "to send one request's headers and body (slowloris).", positive_float],
         ["idle-timeout", None, 60.0, "Close a keep-alive connection idle this long.",
-         _positive(float)],
+         positive_float],
         ["log-level", None, "info", "Least severe pcsignal events logged: debug (adds "
          "one line per message relayed; never bodies), info (sign-in, sign-out, "
          "timeouts, refusals), warn, error, critical."],
@@ -95,37 +86,6 @@ class Options(usage.Options):
         """Print the version and exit."""
         print("pcsignal %s" % (__version__,))
         raise SystemExit(0)
-
-
-def _describe(address) -> str:
-    host = getattr(address, "host", None)
-    if host is None:
-        return "unix:%s" % (getattr(address, "name", address),)
-    if ":" in host:
-        return "[%s]:%d" % (host, address.port)
-    return "%s:%d" % (host, address.port)
-
-
-class ListenerService(StreamServerEndpointService):
-    """A StreamServerEndpointService that logs where it listens."""
-
-    def __init__(self, description, factory, what="pcsignal listening"):
-        from twisted.internet import endpoints, reactor
-
-        super().__init__(endpoints.serverFromString(reactor, description), factory)
-        self._raiseSynchronously = True  # a bad endpoint fails twistd at start
-        self.description = description
-        self.what = what
-
-    def privilegedStartService(self):
-        super().privilegedStartService()
-        self._waitingForPort.addCallback(self._listening)
-
-    def _listening(self, port):
-        tls = " (TLS)" if self.description.startswith("ssl:") else ""
-        # The text is part of the format, so JSON logs keep it searchable.
-        log.info(self.what + " on {address}{tls}", address=_describe(port.getHost()), tls=tls)
-        return port
 
 
 class SignalingService(service.Service):

@@ -15,16 +15,16 @@ import urllib.request
 import pytest
 
 from conftest import ROOT, start_pcsignal
-from pcsignal import bench
+from pcsignal.bench import signaling as bench
 from pcsignal.protocol import parse_entries
 
 
 def run_bench(url, *args, timeout=60):
-    """Run ``python -m pcsignal.bench URL ARGS --json``; (exit code, result)."""
+    """Run ``python -m pcsignal.bench.signaling URL ARGS --json``; (exit code, result)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     done = subprocess.run(
-        [sys.executable, "-m", "pcsignal.bench", url, *args, "--json"],
+        [sys.executable, "-m", "pcsignal.bench.signaling", url, *args, "--json"],
         capture_output=True,
         timeout=timeout,
         env=env,

@@ -4,10 +4,10 @@ import pytest
 from twisted.internet.task import Clock
 
 from pcsignal.channel import (
-    Item, MailboxFull, MemoryChannel, ServerBusy, ServerFull, ShuttingDown, UnknownPeer,
-    WaitReplaced,
+    Item, MailboxFull, ServerBusy, ServerFull, ShuttingDown, UnknownPeer, WaitReplaced,
     sequential_ids,
 )
+from pcsignal.channel.memory import MemoryChannel
 
 
 def result_of(d):

@@ -24,7 +24,8 @@ from pcsignal import protocol
 from pcsignal.peer import tap
 from pcsignal.peer.call import CallConfig, CallManager
 from pcsignal.peer.ice import restrict_host_addresses
-from pcsignal.peer.media import SharedSource, pattern_source, recording_path
+from pcsignal.peer.media import SharedSource, pattern_source
+from pcsignal.peer.recording import recording_path
 from pcsignal.peer.pattern import TestPatternVideoTrack, ToneAudioTrack, read_text
 from pcsignal.peer.signaling import SignalingClient
 

@@ -46,7 +46,8 @@ from twisted.internet.defer import Deferred
 from pcsignal import logs, protocol
 from pcsignal.peer.framework import api_future
 from pcsignal.peer.ice import ice_configuration
-from pcsignal.peer.media import KINDS, RECORDABLE_KINDS, CountingTrack, SharedSource, recording_path
+from pcsignal.peer.media import CountingTrack, SharedSource
+from pcsignal.peer.recording import KINDS, RECORDABLE_KINDS, recording_path
 
 #: Received-frame counts that get an info log line (tests wait for them).
 FRAME_MILESTONES = (1, 30, 60, 100, 300, 1000)

@@ -1,6 +1,6 @@
 """
-Media plumbing around aiortc.contrib.media: the shared outgoing source,
-frame counting, and recording file names.
+Media plumbing around aiortc.contrib.media: the shared outgoing source and
+frame counting.
 
 Every call sends the same source: SharedSource opens it when the first call
 subscribes, fans it out with aiortc's MediaRelay, and stops it when the last
@@ -10,9 +10,6 @@ a capture device is released between calls.
 
 from __future__ import annotations
 
-import datetime
-import os
-import re
 from typing import Callable, Mapping, Optional
 
 from aiortc.contrib.media import MediaPlayer, MediaRelay
@@ -20,16 +17,6 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from pcsignal import logs
 from pcsignal.peer.pattern import TestPatternVideoTrack, ToneAudioTrack
-
-KINDS = ("audio", "video")
-
-#: What each recording container can hold.
-RECORDABLE_KINDS = {
-    ".mp4": frozenset(KINDS),
-    ".webm": frozenset(KINDS),
-    ".mkv": frozenset(KINDS),
-    ".wav": frozenset(["audio"]),
-}
 
 TrackOpener = Callable[[], Mapping[str, MediaStreamTrack]]
 
@@ -117,22 +104,3 @@ class CountingTrack(MediaStreamTrack):
     def stop(self) -> None:
         super().stop()
         self.source.stop()
-
-
-def _safe_part(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:64] or "peer"
-
-
-def recording_path(template: str, peer_name: str, peer_id: int, when: Optional[datetime.datetime] = None) -> str:
-    """
-    The file for one call's recording: ``--record calls/rec.mp4`` gives
-    ``calls/rec-NAME-ID-YYYYMMDDTHHMMSS.mp4`` (``-2``, ``-3``... appended if
-    that exists), so calls never overwrite each other.
-    """
-    root, ext = os.path.splitext(template)
-    when = when or datetime.datetime.now()
-    base = "%s-%s-%d-%s" % (root, _safe_part(peer_name), peer_id, when.strftime("%Y%m%dT%H%M%S"))
-    path, n = base + ext, 2
-    while os.path.exists(path):
-        path, n = "%s-%d%s" % (base, n, ext), n + 1
-    return path

@@ -10,6 +10,7 @@ it stops with a message saying so.
 from __future__ import annotations
 
 import getpass
+import importlib
 import os
 import socket
 import sys
@@ -17,7 +18,26 @@ import sys
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
-from pcsignal.peer.media import RECORDABLE_KINDS
+from pcsignal.options import non_negative_float, positive_float, positive_int
+from pcsignal.peer.recording import RECORDABLE_KINDS
+
+
+#: What ``pip install 'pcsignal[peer]'`` adds to the server-only install.
+PEER_MODULES = ("aiortc", "av", "numpy", "treq", "txaio", "pyee")
+
+
+def require_peer_extra() -> None:
+    """Stop with one line, not a traceback, when the peer extra is missing."""
+    missing = []
+    for name in PEER_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise SystemExit(
+            "twistd pcpeer needs %s, which this installation lacks: "
+            "pip install 'pcsignal[peer]'" % (", ".join(missing),))
 
 
 def install_asyncio_reactor():
@@ -59,27 +79,6 @@ def _video_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError("must be positive")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError("must be positive")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
-
-
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -100,14 +99,14 @@ class Options(usage.Options):
         ["play", None, None, "Send this file, URL or device (read with PyAV) instead of the test pattern."],
         ["play-format", None, None, "PyAV/FFmpeg input format for --play, e.g. v4l2, alsa, pulse."],
         ["video-size", None, (640, 480), "Test pattern size, WIDTHxHEIGHT [default: 640x480].", _video_size],
-        ["fps", None, 30.0, "Test pattern frame rate.", _positive_float],
+        ["fps", None, 30.0, "Test pattern frame rate.", positive_float],
         ["record", None, None, "Record each call to PATH-NAME-ID-TIME.EXT (.mp4, .webm, .mkv or .wav)."],
         ["ice-username", None, None, "Username for the --ice-server TURN servers."],
         ["ice-credential", None, None, "Credential for the --ice-server TURN servers."],
-        ["max-calls", None, None, "Refuse calls beyond this many at once.", _positive_int],
-        ["stats-interval", None, 5.0, "Seconds between statistics log lines per call (0: none).", _non_negative_float],
-        ["retry-delay", None, 2.0, "Seconds before retrying an unreachable server.", _positive_float],
-        ["max-retry-delay", None, 10.0, "Cap of the doubling retry delay.", _positive_float],
+        ["max-calls", None, None, "Refuse calls beyond this many at once.", positive_int],
+        ["stats-interval", None, 5.0, "Seconds between statistics log lines per call (0: none).", non_negative_float],
+        ["retry-delay", None, 2.0, "Seconds before retrying an unreachable server.", positive_float],
+        ["max-retry-delay", None, 10.0, "Cap of the doubling retry delay.", positive_float],
         ["metrics", None, None, "Serve Prometheus metrics (calls, frames) at /metrics on this "
          "Twisted endpoint, e.g. tcp:9101:interface=127.0.0.1."],
         ["log-level", None, "info", "Least severe pcpeer events logged: debug (adds ICE and "
@@ -138,6 +137,7 @@ class Options(usage.Options):
     def postOptions(self):
         from pcsignal import logs
 
+        require_peer_extra()
         if self["log-level"] not in logs.LEVELS:
             raise usage.UsageError("--log-level must be one of " + ", ".join(logs.LEVELS))
         if self["name"] is None:
@@ -227,7 +227,7 @@ def makeService(options):
     PeerService(peer).setServiceParent(top)
     if options["metrics"] is not None:
         from pcsignal.peer.metrics import metrics_site
-        from pcsignal.server_tap import ListenerService
+        from pcsignal.listeners import ListenerService
 
         ListenerService(options["metrics"], metrics_site(peer), "pcpeer metrics").setServiceParent(top)
     return top

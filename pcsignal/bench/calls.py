@@ -13,7 +13,7 @@ answering daemon, then calls it from this process through the Python API
 3. memory over --churn back-to-back calls: the daemon's RSS every 10
    calls; growth compares the peak of calls 10-30 with that of the last 30.
 
-Run:  python -m pcsignal.peer.bench [--calls 20] [--hold-seconds 30] [--churn 100]
+Run:  python -m pcsignal.bench.calls [--calls 20] [--hold-seconds 30] [--churn 100]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ It speaks only the wire protocol (through pcsignal.protocol) with aiohttp on
 asyncio, so it measures any server at a URL -- pcsignal, the reference C++
 peerconnection_server, or another rebuild -- and stays independent of the
 server's framework.  Every simulated peer behaves like a real client (see
-pcsignal.bench_peers).  Three scenarios:
+pcsignal.bench.peers).  Three scenarios:
 
 - ``relay``: P pairs ping-pong messages; relayed messages/s and one-way
   latency (POST sent -> receiver's /wait answered).
@@ -16,7 +16,7 @@ pcsignal.bench_peers).  Three scenarios:
   latency of messages to random peers.
 
 Storm and hold keep their parked peers in worker processes (see
-pcsignal.bench_workers).  Every run is bounded by timeouts and signs its
+pcsignal.bench.workers).  Every run is bounded by timeouts and signs its
 peers out at the end.
 """
 
@@ -36,8 +36,8 @@ from typing import Callable, Optional
 
 import aiohttp
 
-from pcsignal import bench_workers
-from pcsignal.bench_peers import (
+from pcsignal.bench import workers as bench_workers
+from pcsignal.bench.peers import (
     FAILURES,
     BenchPeer,
     Crowd,
@@ -47,7 +47,8 @@ from pcsignal.bench_peers import (
     new_session,
     sent_at,
 )
-from pcsignal.bench_workers import WorkerPool, own_cpu_seconds
+from pcsignal.bench.workers import WorkerPool, own_cpu_seconds
+from pcsignal.options import positive_float, positive_int
 
 
 # -- measurements ----------------------------------------------------------------
@@ -474,20 +475,6 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pcsignal-bench",
@@ -526,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     crowd_options = argparse.ArgumentParser(add_help=False)
     crowd_options.add_argument(
         "--processes",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="worker processes holding the parked peers (default 1); more use more cores",
     )
@@ -537,23 +524,23 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="P pairs ping-pong messages: msgs/s relayed, one-way latency p50/p99"
     )
-    relay_parser.add_argument("--pairs", type=_positive_int, default=8, help="peer pairs (default 8)")
+    relay_parser.add_argument("--pairs", type=positive_int, default=8, help="peer pairs (default 8)")
     how_long = relay_parser.add_mutually_exclusive_group()
-    how_long.add_argument("--seconds", type=_positive_float, default=10.0, help="run this long (default 10)")
-    how_long.add_argument("--messages", type=_positive_int, help="relay this many messages in all, then stop")
-    relay_parser.add_argument("--size", type=_positive_int, default=200, help="message bytes (default 200, an ICE candidate's size)")
-    relay_parser.add_argument("--timeout", type=_positive_float, default=30.0, help="give up on a message after this many seconds (default 30)")
+    how_long.add_argument("--seconds", type=positive_float, default=10.0, help="run this long (default 10)")
+    how_long.add_argument("--messages", type=positive_int, help="relay this many messages in all, then stop")
+    relay_parser.add_argument("--size", type=positive_int, default=200, help="message bytes (default 200, an ICE candidate's size)")
+    relay_parser.add_argument("--timeout", type=positive_float, default=30.0, help="give up on a message after this many seconds (default 30)")
 
     storm_parser = scenarios.add_parser(
         "storm",
         parents=[common, crowd_options],
         help="N peers sign in one after another until every peer knows every other: seconds, pushes/s",
     )
-    storm_parser.add_argument("--peers", type=_positive_int, default=1000, help="peers (default 1000)")
-    storm_parser.add_argument("--timeout", type=_positive_float, default=180.0, help="give up after this many seconds (default 180)")
+    storm_parser.add_argument("--peers", type=positive_int, default=1000, help="peers (default 1000)")
+    storm_parser.add_argument("--timeout", type=positive_float, default=180.0, help="give up after this many seconds (default 180)")
     storm_parser.add_argument(
         "--idle-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=40.0,
         help="give up when no notification arrived for this many seconds (default 40, above the 30 s liveness timeout)",
     )
@@ -563,13 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, crowd_options],
         help="N peers parked: server RSS (--server-pid), delivery latency to random peers"
     )
-    hold_parser.add_argument("--peers", type=_positive_int, default=1000, help="parked peers (default 1000)")
-    hold_parser.add_argument("--messages", type=_positive_int, default=1000, help="messages to random parked peers (default 1000)")
-    hold_parser.add_argument("--size", type=_positive_int, default=200, help="message bytes (default 200)")
-    hold_parser.add_argument("--timeout", type=_positive_float, default=180.0, help="give up parking or delivering after this many seconds (default 180)")
+    hold_parser.add_argument("--peers", type=positive_int, default=1000, help="parked peers (default 1000)")
+    hold_parser.add_argument("--messages", type=positive_int, default=1000, help="messages to random parked peers (default 1000)")
+    hold_parser.add_argument("--size", type=positive_int, default=200, help="message bytes (default 200)")
+    hold_parser.add_argument("--timeout", type=positive_float, default=180.0, help="give up parking or delivering after this many seconds (default 180)")
     hold_parser.add_argument("--seed", type=int, help="random seed for picking receivers")
 
-    # Started by storm and hold themselves (see pcsignal.bench_workers); no help: not for users.
+    # Started by storm and hold themselves (see pcsignal.bench.workers); no help: not for users.
     scenarios.add_parser("worker", parents=[common])
     return parser
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import pcsignal
-from pcsignal.bench_peers import BenchPeer, Crowd, new_session, sent_at
+from pcsignal.bench.peers import BenchPeer, Crowd, new_session, sent_at
 
 PROGRESS_INTERVAL = 0.25
 FINISH_TIMEOUT = 60.0
@@ -152,7 +152,7 @@ class WorkerPool:
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         for _ in range(self.count):
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pcsignal.bench", self.url, "worker", "--loop", self.loop,
+                sys.executable, "-m", "pcsignal.bench.signaling", self.url, "worker", "--loop", self.loop,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 env=env,
