@@ -24,6 +24,7 @@ TEST = PEER + BENCH + [
     "cryptography>=42.0",
     "playwright>=1.45",
 ]
+DOCS = ["sphinx>=7.0"]
 
 setup(
     name="pcsignal",
@@ -48,6 +49,7 @@ setup(
         "peer": PEER,
         "bench": BENCH,
         "test": TEST,
+        "docs": DOCS,
     },
     entry_points={
         "console_scripts": [

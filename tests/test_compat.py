@@ -5,7 +5,7 @@ Every exchange captured from the reference (tests/data/, a copy of the
 shared reference transcript) is replayed against a real ``twistd pcsignal
 --sequential-ids`` by a client that behaves like the native one, and the
 answer must equal the reference's bytes, except for these deliberate,
-documented differences (README.rst, "Compatibility"):
+documented differences (docs/server.rst, "Compatibility"):
 
 - ``Server:`` names pcsignal;
 - sign-in names are percent-decoded (newer reference builds do this too);
