@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.python import usage
 
 from pcsignal import logs, __version__
-from pcsignal.channel import random_ids, sequential_ids
+from pcsignal.channel import Limits, random_ids, sequential_ids
 from pcsignal.channel.memory import MemoryChannel
 from pcsignal.listeners import ListenerService
 from pcsignal.metrics import ServerMetrics
@@ -109,10 +109,12 @@ def makeService(config, reactor=None):
     logs.set_level(config["log-level"])
     channel = MemoryChannel(
         reactor,
-        peer_timeout=config["peer-timeout"],
-        max_peers=config["max-peers"],
-        max_queue=config["max-queue"],
-        max_queued_bytes=config["max-queued-bytes"],
+        Limits(
+            peer_timeout=config["peer-timeout"],
+            max_peers=config["max-peers"],
+            max_queue=config["max-queue"],
+            max_queued_bytes=config["max-queued-bytes"],
+        ),
         new_id=sequential_ids() if config["sequential-ids"] else random_ids(),
     )
     channel.metrics = metrics = ServerMetrics(channel)

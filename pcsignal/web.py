@@ -318,7 +318,8 @@ class SignIn(Endpoint):
     def handle(self, request):
         d = self.channel.sign_in(query(request))
         d.addCallbacks(
-            lambda result: respond(request, 200, b"Added", result[1], TEXT, result[0]),
+            lambda signed_in: respond(request, 200, b"Added", signed_in.body, TEXT,
+                                      signed_in.peer_id),
             lambda f: respond_failure(request, f),
         )
 
@@ -347,8 +348,15 @@ class Wait(Endpoint):
         if not d.called:
             # If the client leaves first, un-park without consuming an item.
             request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addCallbacks(lambda item: respond_item(request, item, peer_id),
+        d.addCallbacks(lambda delivery: self.deliver(request, delivery, peer_id),
                        lambda f: respond_failure(request, f))
+
+    def deliver(self, request, delivery, peer_id):
+        if request.gone:
+            self.channel.requeue(peer_id)  # nobody to read it
+            return
+        respond_item(request, delivery.item, peer_id)
+        self.channel.ack(peer_id, delivery.n)
 
 
 class Message(Endpoint):
