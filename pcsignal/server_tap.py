@@ -89,7 +89,10 @@ class Options(usage.Options):
 
 
 class SignalingService(service.Service):
-    """Owns the channel; on stop, answers parked waits and drains connections."""
+    """
+    Owns the channel; on stop, answers parked waits, settles the answers
+    still in flight from what their sockets show, and drains connections.
+    """
 
     def __init__(self, channel, site):
         self.channel = channel
@@ -99,6 +102,7 @@ class SignalingService(service.Service):
         service.Service.stopService(self)
         self.site.stopping = True
         d = defer.maybeDeferred(self.channel.close)
+        d.addCallback(lambda _: self.site.deliveries.settle_all())
         d.addCallback(lambda _: self.site.drain())
         return d
 

@@ -16,12 +16,15 @@ import time
 from typing import Optional
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
 from twisted.web import resource, server, static
 from twisted.web.http import HTTPChannel
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from zope.interface import implementer
 
 from pcsignal import logs, __version__, protocol
+from pcsignal.settle import Deliveries
 from pcsignal.channel import (
     ChannelError,
     IChannel,
@@ -225,6 +228,7 @@ class SignalingRequest(server.Request):
         server.Request.connectionLost(self, reason)
 
 
+@implementer(IHalfCloseableProtocol)
 class SignalingHTTPChannel(HTTPChannel):
     """
     HTTPChannel that writes the reference's ``HTTP/1.1`` status line to
@@ -232,9 +236,17 @@ class SignalingHTTPChannel(HTTPChannel):
     closes connections that take longer than the site's request_timeout to
     send one request's head and body (slowloris).  Parked waits are not
     affected: the deadline ends once a request has been read.
+
+    While a /wait answer on it is unsettled (``answer``, see
+    pcsignal.settle), it reports what the client does next, and after a
+    ``Connection: close`` answer it only half-closes, so that the client's
+    FIN or reset still arrives.
     """
 
     _deadline = None
+    answer = None  # a settle.Answer written here and not yet settled
+    _client_closed = False  # the client sent FIN
+    _write_closed = False  # we sent FIN after everything written
 
     def writeHeaders(self, version, code, reason, headers):
         HTTPChannel.writeHeaders(self, b"HTTP/1.1", code, reason, headers)
@@ -249,6 +261,8 @@ class SignalingHTTPChannel(HTTPChannel):
         return self._host
 
     def dataReceived(self, data):
+        if self.answer is not None:
+            self.answer.next_request()
         if self._deadline is None and not self._handlingRequest:
             self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
         HTTPChannel.dataReceived(self, data)
@@ -257,7 +271,46 @@ class SignalingHTTPChannel(HTTPChannel):
         self._cancel_deadline()
         HTTPChannel.allContentReceived(self)
 
+    def loseConnection(self):
+        """
+        HTTPChannel's close after a ``Connection: close`` answer.  With an
+        answer unsettled, send FIN but keep reading (a half-close), unless
+        TLS, which has no half-close; TLS's close waits for the client's
+        close_notify.
+        """
+        if self.answer is not None and not self.isSecure():
+            self.transport.unregisterProducer()
+            self.transport.loseWriteConnection()
+        else:
+            HTTPChannel.loseConnection(self)
+
+    def readConnectionLost(self):
+        """The client sent FIN."""
+        self._client_closed = True
+        if self.answer is None:
+            if self.requests:
+                self.transport.abortConnection()  # it left its request: gone
+            else:
+                self.transport.loseConnection()
+        elif self._write_closed:
+            self.answer.client_closed()
+        else:
+            # Send the rest of the answer first; writeConnectionLost follows.
+            self.transport.loseWriteConnection()
+
+    def writeConnectionLost(self):
+        """Everything written went to the kernel, then our FIN."""
+        self._write_closed = True
+        if self._client_closed and self.answer is not None:
+            self.answer.client_closed()
+
+    def answer_settled(self):
+        if self._client_closed or self._write_closed:
+            self.transport.loseConnection()
+
     def connectionLost(self, reason):
+        if self.answer is not None:
+            self.answer.lost(reason, self.isSecure())
         self._cancel_deadline()
         HTTPChannel.connectionLost(self, reason)
         self.site.connections.discard(self)
@@ -344,6 +397,7 @@ class Wait(Endpoint):
         peer_id = self.peer_id(request)
         if peer_id is None:
             return
+        request.site.deliveries.new_wait(peer_id)
         d = self.channel.wait(peer_id)
         if not d.called:
             # If the client leaves first, un-park without consuming an item.
@@ -352,11 +406,13 @@ class Wait(Endpoint):
                        lambda f: respond_failure(request, f))
 
     def deliver(self, request, delivery, peer_id):
+        deliveries = request.site.deliveries
         if request.gone:
-            self.channel.requeue(peer_id)  # nobody to read it
+            deliveries.settle(peer_id, delivery.n, False, "gone")  # nobody to read it
             return
+        # In flight until the connection shows whether it was read.
+        deliveries.handed(request.channel, peer_id, delivery.n)
         respond_item(request, delivery.item, peer_id)
-        self.channel.ack(peer_id, delivery.n)
 
 
 class Message(Endpoint):
@@ -478,6 +534,9 @@ class SignalingSite(server.Site):
         self.request_timeout = request_timeout
         self.access_log = access_log
         self.metrics = metrics
+        self.deliveries = Deliveries(channel, self.reactor, metrics)
+        if metrics is not None:
+            metrics.unsettled.set_function(lambda: len(self.deliveries))
         self.connections: set[SignalingHTTPChannel] = set()
         self.stopping = False
         self._drained: Optional[Deferred] = None
@@ -492,7 +551,8 @@ class SignalingSite(server.Site):
         if not self.connections:
             return succeed(None)
         for conn in list(self.connections):
-            if not conn.requests:
+            # One with an answer unsettled closes once it is settled.
+            if not conn.requests and conn.answer is None:
                 conn.transport.loseConnection()
         self._drained = Deferred()
         timer = self.reactor.callLater(grace, self._abort_all)
