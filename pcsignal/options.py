@@ -43,5 +43,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    value = _number(float, text, "a number from 0 to 1")
+    if not 0 <= value <= 1:
+        raise BadValue("must be from 0 to 1, not %r" % (text,))
+    return value
+
+
 positive_int.coerceDoc = positive_float.coerceDoc = "Must be positive."
 non_negative_float.coerceDoc = "Must not be negative."
+fraction.coerceDoc = "From 0 to 1."

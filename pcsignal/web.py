@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from zope.interface import implementer
 
 from pcsignal import logs, __version__, protocol
-from pcsignal.settle import Deliveries
+from pcsignal.settle import OPEN, Deliveries, os_socket, socket_state
 from pcsignal.channel import (
     ChannelError,
     IChannel,
@@ -396,6 +396,10 @@ class Wait(Endpoint):
     def handle(self, request):
         peer_id = self.peer_id(request)
         if peer_id is None:
+            return
+        if socket_state(os_socket(request.channel.transport)) != OPEN:
+            # Read after its client reset or closed the connection (the
+            # bytes were already in): it must not replace the peer's live wait.
             return
         request.site.deliveries.new_wait(peer_id)
         d = self.channel.wait(peer_id)
