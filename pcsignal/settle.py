@@ -88,7 +88,10 @@ def socket_state(sock: Optional[socket.socket]) -> str:
         return OPEN
     except (OSError, ValueError):  # ECONNRESET, or already closed
         return RESET
-    return OPEN if data else CLOSED
+    if data:
+        return OPEN
+    # After a FIN, recv reports the end of the stream even if a reset followed.
+    return RESET if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) else CLOSED
 
 
 def unacknowledged(sock: Optional[socket.socket]) -> int:
@@ -142,6 +145,9 @@ class Deliveries:
         return gatherResults([answer.look("shutdown") for answer in list(self.in_flight.values())])
 
     def settle(self, peer_id: int, n: int, read: bool, evidence: str) -> Deferred:
+        if logs.debug:
+            _log.debug("answer {n} to {peer_id}: {outcome} ({evidence})", n=n, peer_id=peer_id,
+                       outcome="read" if read else "unread", evidence=evidence)
         d = self.channel.ack(peer_id, n) if read else self.channel.requeue(peer_id)
         if self.metrics is not None:
             counter = self._counters.get((read, evidence))
@@ -197,10 +203,12 @@ class Answer:
         it will reset when it does.
         """
         sock = os_socket(self.connection.transport)
-        if unacknowledged(sock) <= 1:  # at most our own FIN
-            self.settle(READ, "closed")
-        elif socket_state(sock) == RESET:
+        # First the reset: Twisted also reports a reset as an end of
+        # stream when epoll flags the error before the socket's shutdown.
+        if socket_state(sock) == RESET:
             self.settle(UNREAD, "reset")
+        elif unacknowledged(sock) <= 1:  # at most our own FIN
+            self.settle(READ, "closed")
         elif self.deliveries.clock.seconds() >= self.deadline:
             self.settle(READ, "quiet")
         else:

@@ -11,6 +11,7 @@ stdlib's http.client) that sends Origin like a page on another site.
 import http.client
 import re
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -73,6 +74,26 @@ def native_raw(url, request: bytes, timeout=10) -> bytes:
                     return data  # keep-alive answer complete
     finally:
         sock.close()
+
+
+def read_answer(sock, data=b"") -> tuple[Answer, bytes]:
+    """Read one whole answer (by its Content-Length) from sock; (answer, bytes after it)."""
+    while True:
+        head, sep, _ = data.partition(b"\r\n\r\n")
+        if sep:
+            length = re.search(rb"\r\nContent-Length: (\d+)", head + b"\r\n")
+            end = len(head) + 4 + int(length.group(1))
+            if len(data) >= end:
+                return parse_answer(data[:end]), data[end:]
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed after %d bytes of an answer" % (len(data),)
+        data += chunk
+
+
+def reset(sock):
+    """Close with SO_LINGER 0: the kernel sends RST, as for a killed client."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def native(url, method, target, body=None, content_type=b"text/plain", timeout=10) -> Answer:
