@@ -119,8 +119,11 @@ class Deliveries:
         self.clock = clock
         self.metrics = metrics
         self.quiet_seconds = quiet_seconds
-        self.in_flight: dict[int, Answer] = {}  # by peer id
+        self.in_flight: dict[int, Answer] = {}  # by peer id, oldest first
         self._counters: dict[tuple[bool, str], object] = {}
+        # One timer for the oldest answer's deadline, not one per answer:
+        # nearly every answer is settled long before.
+        self._sweep = None
 
     def __len__(self) -> int:
         return len(self.in_flight)
@@ -128,6 +131,19 @@ class Deliveries:
     def handed(self, connection, peer_id: int, n: int) -> None:
         """Item n is about to be written on connection as peer_id's answer."""
         Answer(self, connection, peer_id, n)
+        if self._sweep is None:
+            self._sweep = self.clock.callLater(self.quiet_seconds, self._quiet)
+
+    def _quiet(self) -> None:
+        """Settle the answers whose connections said nothing for quiet_seconds."""
+        self._sweep = None
+        now = self.clock.seconds()
+        while self.in_flight:
+            answer = next(iter(self.in_flight.values()))
+            if answer.deadline > now:
+                self._sweep = self.clock.callLater(answer.deadline - now, self._quiet)
+                return
+            answer.settle(READ, "quiet")
 
     def new_wait(self, peer_id: int) -> None:
         """
@@ -169,7 +185,7 @@ class Answer:
     (``connection.answer`` meanwhile) shows whether the client read it.
     """
 
-    __slots__ = ("deliveries", "connection", "peer_id", "n", "timer", "deadline")
+    __slots__ = ("deliveries", "connection", "peer_id", "n", "deadline", "recheck")
 
     def __init__(self, deliveries: Deliveries, connection, peer_id: int, n: int):
         self.deliveries = deliveries
@@ -177,7 +193,7 @@ class Answer:
         self.peer_id = peer_id
         self.n = n
         self.deadline = deliveries.clock.seconds() + deliveries.quiet_seconds
-        self.timer = deliveries.clock.callLater(deliveries.quiet_seconds, self._quiet)
+        self.recheck = None  # after a FIN, see client_closed
         connection.answer = self
         deliveries.in_flight[peer_id] = self
 
@@ -209,12 +225,8 @@ class Answer:
             self.settle(UNREAD, "reset")
         elif unacknowledged(sock) <= 1:  # at most our own FIN
             self.settle(READ, "closed")
-        elif self.deliveries.clock.seconds() >= self.deadline:
-            self.settle(READ, "quiet")
-        else:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer = self.deliveries.clock.callLater(_RECHECK_SECONDS, self._recheck)
+        elif self.deliveries.clock.seconds() < self.deadline:  # else the sweep settles it
+            self.recheck = self.deliveries.clock.callLater(_RECHECK_SECONDS, self._recheck)
 
     def lost(self, reason: Failure, tls: bool) -> None:
         """The connection is gone: cleanly (read), by a reset (not read)."""
@@ -225,20 +237,16 @@ class Answer:
         else:
             self.settle(UNREAD, "reset")
 
-    def _quiet(self) -> None:
-        self.timer = None
-        self.settle(READ, "quiet")
-
     def _recheck(self) -> None:
-        self.timer = None
+        self.recheck = None
         self.client_closed()
 
     # -- settling ------------------------------------------------------------
 
     def settle(self, read: bool, evidence: str) -> Deferred:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.recheck is not None:
+            self.recheck.cancel()
+            self.recheck = None
         deliveries = self.deliveries
         if deliveries.in_flight.get(self.peer_id) is self:
             del deliveries.in_flight[self.peer_id]

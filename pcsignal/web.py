@@ -393,23 +393,37 @@ class Wait(Endpoint):
 
     methods = (b"GET", b"POST")
 
+    def __init__(self, channel: IChannel):
+        Endpoint.__init__(self, channel)
+        self.parked: dict[int, SignalingRequest] = {}  # by peer id
+
     def handle(self, request):
         peer_id = self.peer_id(request)
         if peer_id is None:
             return
-        if socket_state(os_socket(request.channel.transport)) != OPEN:
-            # Read after its client reset or closed the connection (the
-            # bytes were already in): it must not replace the peer's live wait.
+        if peer_id in self.parked and socket_state(os_socket(request.channel.transport)) != OPEN:
+            # Read after its client had reset or closed the connection (the
+            # bytes were in before): it must not replace the live one.
             return
         request.site.deliveries.new_wait(peer_id)
         d = self.channel.wait(peer_id)
         if not d.called:
+            self.parked[peer_id] = request
             # If the client leaves first, un-park without consuming an item.
             request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addCallbacks(lambda delivery: self.deliver(request, delivery, peer_id),
-                       lambda f: respond_failure(request, f))
+                       lambda f: self.refuse(request, f, peer_id))
+
+    def unpark(self, request, peer_id):
+        if self.parked.get(peer_id) is request:
+            del self.parked[peer_id]
+
+    def refuse(self, request, failure, peer_id):
+        self.unpark(request, peer_id)
+        respond_failure(request, failure)
 
     def deliver(self, request, delivery, peer_id):
+        self.unpark(request, peer_id)
         deliveries = request.site.deliveries
         if request.gone:
             deliveries.settle(peer_id, delivery.n, False, "gone")  # nobody to read it
