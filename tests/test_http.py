@@ -339,13 +339,13 @@ def test_slowloris_is_cut_off(url):
 
 
 def test_idle_keep_alive_connection_is_closed(url):
-    port = int(url.rsplit(":", 1)[1])
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.settimeout(IDLE_TIMEOUT + 10)
+    browser = Browser(url, timeout=IDLE_TIMEOUT + 10)
+    response, _ = browser.request("GET", "/healthz")
+    assert response.status == 200 and response.getheader("Connection") is None
     started = time.monotonic()
-    assert sock.recv(100) == b""  # we sent nothing; the server hangs up
+    assert browser.sock.recv(100) == b""  # we send nothing more; the server hangs up
     assert IDLE_TIMEOUT - 0.5 <= time.monotonic() - started < IDLE_TIMEOUT + 5
-    sock.close()
+    browser.close()
 
 
 def test_static_client_and_not_found(url):
