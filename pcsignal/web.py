@@ -81,6 +81,8 @@ _CORS_LINES = b"".join(name + b": " + value + b"\r\n" for name, value in CORS)
 MAX_REQUEST_LINE = 8192  # method, target and version: beyond it, 414
 MAX_HEAD_BYTES = 16384  # request line and headers together: beyond it, 431
 MAX_HEADERS = 100  # header lines: beyond it, 431
+# A Content-Length line longer than this announces more than 10^18 bytes.
+_LONGEST_LENGTH_LINE = len(b"Content-Length: ") + 18 + 64  # spaces allowed around the value
 # A client-supplied field in a log line is cut to this many characters.
 LOG_FIELD_CHARS = 200
 
@@ -271,8 +273,11 @@ class SignalingRequest(server.Request):
             error = path_error(self.path)
             if error is not None:
                 respond_error(self, 400, b"Bad Request", error, "bad_path")
-            else:
-                server.Request.process(self)
+                return
+            # The client's files are small: whole files only, and no parsing
+            # (and logging) of a client's Range header by twisted.web.
+            self.requestHeaders.removeHeader(b"Range")
+            server.Request.process(self)
             return
         # The protocol paths are matched exactly, as the reference does, so
         # skip twisted.web's traversal and default headers on the hot path.
@@ -363,6 +368,12 @@ class SignalingHTTPChannel(HTTPChannel):
                 self._header_lines += 1
                 if self._header_lines > MAX_HEADERS:
                     self._headers_too_large(line)
+                    return
+                if len(line) > _LONGEST_LENGTH_LINE and line[:15].lower() == b"content-length:":
+                    # More digits than int() takes (twisted.web would raise): too large anyway.
+                    self._refuse_head(413, b"Payload Too Large",
+                                      "Message body larger than %d bytes; not delivered."
+                                      % (self.site.max_message_bytes,), "too_large", line)
                     return
         else:  # the end of the head
             self._head_bytes = None
@@ -654,8 +665,9 @@ class StaticRoot(resource.Resource):
         self._not_allowed = NotAllowed(self.methods)
 
     def getChildWithDefault(self, name, request):
+        if request.postpath:  # a segment after this one: not in a flat directory
+            return self._not_found
         if request.path == b"/":
-            request.postpath = []
             child = self._static.getChild(b"", request)
         else:
             child = self._static.getChildWithDefault(name, request)

@@ -36,6 +36,7 @@ from typing import Callable, Optional
 
 import aiohttp
 
+from pcsignal.bench import hostile
 from pcsignal.bench import workers as bench_workers
 from pcsignal.bench.peers import (
     FAILURES,
@@ -416,7 +417,9 @@ def summary(result: dict) -> str:
     """The result as a few human-readable lines."""
     scenario = result["scenario"]
     lines = []
-    if scenario == "relay":
+    if scenario in hostile.SCENARIOS:
+        lines.extend(hostile.summary(result))
+    elif scenario == "relay":
         latency = result["latency"]
         lines.append(
             "relay: %d pairs, %d messages in %.2fs = %.1f msgs/s"
@@ -558,11 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Started by storm and hold themselves (see pcsignal.bench.workers); no help: not for users.
     scenarios.add_parser("worker", parents=[common])
+    hostile.add_parsers(scenarios, common)  # fuzz, churn, soak
     return parser
 
 
 async def run(args: argparse.Namespace, loop: str) -> dict:
     server = ServerProcess(args.server_pid) if args.server_pid else None
+    if args.scenario in hostile.SCENARIOS + ("churner",):
+        return await hostile.run(args, server)
     if args.scenario == "relay":
         return await relay(
             args.url, args.pairs, args.seconds, args.messages, args.size, args.timeout, server
