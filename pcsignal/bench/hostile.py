@@ -216,7 +216,7 @@ async def fuzz(url: str, requests: int, seed: int, concurrency: int, timeout: fl
 
         await asyncio.gather(*(limited(i) for i in batch))
         sent = batch.stop
-        answering = await healthy(host, port)
+        answering = await healthy(host, port, timeout)
         if not answering:
             errors.append("the server stopped answering /healthz after %d requests" % (sent,))
     elapsed = time.monotonic() - started
@@ -244,15 +244,24 @@ async def fuzz(url: str, requests: int, seed: int, concurrency: int, timeout: fl
 
 
 async def churner(url: str, seconds: float, source: Optional[str]) -> dict:
-    """One client: sign in, sign out, again, as fast as it can (429s and all)."""
+    """
+    One client: sign in, sign out, again, as fast as it can (429s and all),
+    for seconds or until its standard input closes.
+    """
     base = url.rstrip("/")
     statuses: Counter = Counter()
     errors: list[str] = []
     cycles = 0
+    stopped = asyncio.Event()
+    stdin = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    watching = asyncio.ensure_future(stdin.read())
+    watching.add_done_callback(lambda _: stopped.set())
     connector = aiohttp.TCPConnector(limit=1, local_addr=(source, 0) if source else None)
     async with aiohttp.ClientSession(connector=connector) as session:
         stop_at = time.monotonic() + seconds
-        while time.monotonic() < stop_at:
+        while time.monotonic() < stop_at and not stopped.is_set():
             try:
                 async with session.get(base + "/sign_in?churner") as response:
                     await response.read()
@@ -266,6 +275,7 @@ async def churner(url: str, seconds: float, source: Optional[str]) -> dict:
             except FAILURES as e:
                 errors.append(describe(e))
                 await asyncio.sleep(0.1)
+    watching.cancel()
     return {"scenario": "churner", "cycles": cycles, "answers": dict(statuses),
             "errors": len(errors), "error_samples": errors[:10]}
 
@@ -284,11 +294,12 @@ async def start_churner(url: str, seconds: float, source: Optional[str]):
     if source:
         argv += ["--source-address", source]
     return await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, env=_child_env())
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=_child_env())
 
 
 async def churner_result(process) -> dict:
-    out, _ = await process.communicate()
+    """Stop the churner (close its input) and read its result."""
+    out, _ = await process.communicate(b"")
     try:
         return json.loads(out)
     except ValueError:
@@ -307,12 +318,11 @@ async def churn(url: str, pairs: int, seconds: float, size: int, timeout: float,
     try:
         disturbed = await relay(url, pairs, seconds, None, size, timeout, server)
     finally:
-        if process.returncode is None:
-            process.terminate()
-    churned = await churner_result(process)
+        churned = await churner_result(process)
     ratio = (disturbed["messages_per_second"] / quiet["messages_per_second"]
              if quiet["messages_per_second"] else 0.0)
-    errors = quiet["error_samples"] + disturbed["error_samples"]
+    errors = (quiet["error_samples"] + disturbed["error_samples"]
+              + ["churner: " + e for e in churned["error_samples"]])
     return {
         "scenario": "churn",
         "url": url,
@@ -321,7 +331,7 @@ async def churn(url: str, pairs: int, seconds: float, size: int, timeout: float,
         "with_churner": disturbed,
         "ratio": round(ratio, 3),
         "churner": churned,
-        "errors": quiet["errors"] + disturbed["errors"],
+        "errors": quiet["errors"] + disturbed["errors"] + churned["errors"],
         "error_samples": errors[:10],
     }
 
@@ -361,6 +371,9 @@ async def _silent_client(host, port, stop_at, lifetimes: _Lifetimes, dribble: Op
                 try:
                     data = await asyncio.wait_for(reader.read(1024), dribble or 1.0)
                 except asyncio.TimeoutError:
+                    if writer.is_closing():
+                        closed = True
+                        break
                     if dribble:
                         writer.write(head[sent:sent + 1])
                         sent += 1
