@@ -81,6 +81,9 @@ _CORS_LINES = b"".join(name + b": " + value + b"\r\n" for name, value in CORS)
 MAX_REQUEST_LINE = 8192  # method, target and version: beyond it, 414
 MAX_HEAD_BYTES = 16384  # request line and headers together: beyond it, 431
 MAX_HEADERS = 100  # header lines: beyond it, 431
+# A header name longer than this: 431.  twisted.web remembers up to 10,000
+# distinct header names for good; short names keep that memory small.
+MAX_HEADER_NAME = 256
 # A Content-Length line longer than this announces more than 10^18 bytes.
 _LONGEST_LENGTH_LINE = len(b"Content-Length: ") + 18 + 64  # spaces allowed around the value
 # A client-supplied field in a log line is cut to this many characters.
@@ -366,7 +369,9 @@ class SignalingHTTPChannel(HTTPChannel):
             self.MAX_LENGTH = MAX_HEAD_BYTES - self._head_bytes
             if line[0] not in b" \t":  # not a folded continuation
                 self._header_lines += 1
-                if self._header_lines > MAX_HEADERS:
+                if self._header_lines > MAX_HEADERS or (
+                        len(line) > MAX_HEADER_NAME
+                        and line.find(b":", 0, MAX_HEADER_NAME + 1) < 0):
                     self._headers_too_large(line)
                     return
                 if len(line) > _LONGEST_LENGTH_LINE and line[:15].lower() == b"content-length:":
@@ -389,8 +394,9 @@ class SignalingHTTPChannel(HTTPChannel):
 
     def _headers_too_large(self, line):
         self._refuse_head(431, b"Request Header Fields Too Large",
-                          "Request head larger than %d bytes or %d header lines."
-                          % (MAX_HEAD_BYTES, MAX_HEADERS), "headers_too_large", line)
+                          "Request head over %d bytes, %d header lines or a %d-byte header name."
+                          % (MAX_HEAD_BYTES, MAX_HEADERS, MAX_HEADER_NAME), "headers_too_large",
+                          line)
 
     def _refuse_head(self, code, reason, text, why, line):
         # The request line up to its query (names, ids) or, for a header, nothing:

@@ -23,7 +23,9 @@ from httpclients import parse_answer
 from pcsignal.channel import sequential_ids
 from pcsignal.channel.memory import MemoryChannel
 from pcsignal.metrics import ServerMetrics
-from pcsignal.web import MAX_HEAD_BYTES, MAX_HEADERS, MAX_REQUEST_LINE, RefusalLog, SignalingSite
+from pcsignal.web import (
+    MAX_HEAD_BYTES, MAX_HEADER_NAME, MAX_HEADERS, MAX_REQUEST_LINE, RefusalLog, SignalingSite,
+)
 
 REQUEST_TIMEOUT = 0.5
 
@@ -233,20 +235,22 @@ async def test_over_long_request_line_is_414(served, logged, length, ending):
     [b"X-Big: " + b"y" * MAX_HEAD_BYTES],  # one huge line, seen before its end
     [b"X-%d: %s" % (i, b"y" * 1000) for i in range(17)],  # many big lines
     [b"X-%d: y" % (i,) for i in range(MAX_HEADERS + 1)],  # too many lines
+    [b"X-" + b"n" * (MAX_HEADER_NAME - 1) + b": y"],  # a name too long
 ])
 @pytest_twisted.ensureDeferred
 async def test_over_large_head_is_431(served, headers):
     site, port = served()
     answer = await answer_to(port, b"GET /healthz HTTP/1.1\r\n" + b"\r\n".join(headers) + b"\r\n\r\n")
     assert answer.status == 431
-    assert answer.body == b"Request head larger than %d bytes or %d header lines." % (
-        MAX_HEAD_BYTES, MAX_HEADERS)
+    assert answer.body == b"Request head over %d bytes, %d header lines or a %d-byte header name." % (
+        MAX_HEAD_BYTES, MAX_HEADERS, MAX_HEADER_NAME)
     assert metric(site, "pcsignal_rejections_total", reason="headers_too_large") == 1
 
 
 @pytest_twisted.ensureDeferred
 async def test_head_just_within_limits_is_served(port):
-    headers = [b"X-%d: y" % (i,) for i in range(MAX_HEADERS - 1)] + [b"Connection: close"]
+    headers = ([b"X-%d: y" % (i,) for i in range(MAX_HEADERS - 2)]
+               + [b"X" * MAX_HEADER_NAME + b": " + b"v" * 8000, b"Connection: close"])
     answer = await answer_to(port, b"GET /healthz HTTP/1.1\r\n" + b"\r\n".join(headers) + b"\r\n\r\n")
     assert answer.status == 200
 

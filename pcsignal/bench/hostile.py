@@ -243,6 +243,21 @@ async def fuzz(url: str, requests: int, seed: int, concurrency: int, timeout: fl
 # -- churn -------------------------------------------------------------------------
 
 
+async def sign_in_and_out(session: aiohttp.ClientSession, base: str, name: str,
+                          statuses: Counter) -> bool:
+    """Sign in, and out again if that worked; count the answers by request and status."""
+    async with session.get(base + "/sign_in?" + name) as response:
+        await response.read()
+        statuses["sign_in %d" % (response.status,)] += 1
+        peer_id = response.headers.get("Pragma") if response.status == 200 else None
+    if peer_id is None:
+        return False
+    async with session.get(base + "/sign_out?peer_id=" + peer_id) as response:
+        await response.read()
+        statuses["sign_out %d" % (response.status,)] += 1
+    return True
+
+
 async def churner(url: str, seconds: float, source: Optional[str]) -> dict:
     """
     One client: sign in, sign out, again, as fast as it can (429s and all),
@@ -263,15 +278,7 @@ async def churner(url: str, seconds: float, source: Optional[str]) -> dict:
         stop_at = time.monotonic() + seconds
         while time.monotonic() < stop_at and not stopped.is_set():
             try:
-                async with session.get(base + "/sign_in?churner") as response:
-                    await response.read()
-                    statuses["sign_in %d" % (response.status,)] += 1
-                    peer_id = response.headers.get("Pragma") if response.status == 200 else None
-                if peer_id is not None:
-                    async with session.get(base + "/sign_out?peer_id=" + peer_id) as response:
-                        await response.read()
-                        statuses["sign_out %d" % (response.status,)] += 1
-                    cycles += 1
+                cycles += await sign_in_and_out(session, base, "churner", statuses)
             except FAILURES as e:
                 errors.append(describe(e))
                 await asyncio.sleep(0.1)
@@ -396,14 +403,7 @@ async def _churn_slowly(url, stop_at, rate, source, statuses: Counter):
         while time.monotonic() < stop_at:
             started = time.monotonic()
             try:
-                async with session.get(base + "/sign_in?soak-churn") as response:
-                    await response.read()
-                    statuses["sign_in %d" % (response.status,)] += 1
-                    peer_id = response.headers.get("Pragma") if response.status == 200 else None
-                if peer_id is not None:
-                    async with session.get(base + "/sign_out?peer_id=" + peer_id) as response:
-                        await response.read()
-                        statuses["sign_out %d" % (response.status,)] += 1
+                await sign_in_and_out(session, base, "soak-churn", statuses)
             except FAILURES:
                 statuses["failed"] += 1
             await asyncio.sleep(max(0.0, 1.0 / rate - (time.monotonic() - started)))

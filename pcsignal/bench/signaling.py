@@ -29,7 +29,6 @@ import math
 import os
 import platform
 import random
-import resource
 import sys
 import time
 from typing import Callable, Optional
@@ -49,6 +48,7 @@ from pcsignal.bench.peers import (
     sent_at,
 )
 from pcsignal.bench.workers import WorkerPool, own_cpu_seconds
+from pcsignal.fds import raise_open_files_limit as raise_fd_limit  # one socket per peer
 from pcsignal.options import positive_float, positive_int
 
 
@@ -76,18 +76,6 @@ def latency_summary(seconds: list[float]) -> dict:
         "p99_ms": ms(percentile(seconds, 0.99)),
         "max_ms": ms(max(seconds) if seconds else None),
     }
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit: one socket per peer."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 class ServerProcess:
