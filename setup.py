@@ -18,13 +18,14 @@ BENCH = [
     "psutil>=5.9",
     "uvloop>=0.19; sys_platform != 'win32'",
 ]
-TEST = PEER + BENCH + [
+# The docs' API pages import pcpeer, so the docs need the peer extra too.
+DOCS = PEER + ["sphinx>=7.0"]
+TEST = PEER + BENCH + DOCS + [
     "pytest>=8.0",
     "pytest-twisted>=1.14.1",
     "cryptography>=42.0",
     "playwright>=1.45",
 ]
-DOCS = ["sphinx>=7.0"]
 
 setup(
     name="pcsignal",
