@@ -18,3 +18,4 @@ exclude_patterns = ["_build"]
 html_theme = "alabaster"
 graphviz_output_format = "svg"
 autodoc_member_order = "bysource"
+highlight_language = "none"  # literal blocks are shell commands and wire bytes
