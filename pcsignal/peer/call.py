@@ -147,7 +147,7 @@ class Call:
         self._watch_dtls()
         self.log.info("sending offer to {label}", label=self.label)
         self.manager.send(self.peer_id, protocol.SessionDescription("offer", self.pc.localDescription.sdp))
-        self._check_candidates()
+        await self._check_candidates()
 
     async def accept_offer(self, sdp: str) -> None:
         first = self.pc.remoteDescription is None
@@ -159,7 +159,7 @@ class Call:
         self._watch_dtls()
         self.log.info("sending answer to {label}", label=self.label)
         self.manager.send(self.peer_id, protocol.SessionDescription("answer", self.pc.localDescription.sdp))
-        self._check_candidates()
+        await self._check_candidates()
         self._log_codecs(self.pc.localDescription.sdp)
         await self._start_recorder()
 
@@ -189,10 +189,12 @@ class Call:
         await self.pc.addIceCandidate(candidate)
         self.log.debug("candidate from {label}: {candidate}", label=self.label, candidate=text)
 
-    def _check_candidates(self) -> None:
+    async def _check_candidates(self) -> None:
         """
         Log what aiortc gathered (it puts every candidate in the description)
-        and, once per call, why a configured TURN server gave no relay.
+        and, once per call, why a configured TURN server gave no relay.  With
+        no candidate at all (relay-only without a relay) aiortc would wait
+        forever: the call ends, after the reason is logged.
         """
         found = {m.groups() for m in _SDP_CANDIDATE.finditer(self.pc.localDescription.sdp)}
         kinds = collections.Counter(kind for _, _, kind in found)
@@ -202,11 +204,15 @@ class Call:
             return
         self._relay_checked = True
         turn = turn_server_used(self.ice)
-        if turn is not None:
-            asyncio.ensure_future(self._log_why_no_relay(turn))
-        elif self.ice.iceTransportPolicy == RTCIceTransportPolicy.RELAY:
-            self.log.warn("no TURN relay for the call with {label}: relay-only, but there is no TURN "
-                          "server (the signaling server offers none, and no --ice-server)", label=self.label)
+        if turn is None and self.ice.iceTransportPolicy == RTCIceTransportPolicy.RELAY:
+            self.log.warn("no TURN relay for the call with {label}: relay-only, but there is no TURN server "
+                          "(the signaling server offers none, and no --ice-server)", label=self.label)
+        elif turn is not None:
+            why = asyncio.ensure_future(self._log_why_no_relay(turn))
+            if not found:
+                await why
+        if not found:
+            self.manager.end_call_soon(self.peer_id, "no ICE candidates to connect with", send_bye=True)
 
     async def _log_why_no_relay(self, turn: dict) -> None:
         reason = await why_no_relay(turn)
