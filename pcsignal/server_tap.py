@@ -84,7 +84,7 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def opt_turn_uri(self, uri):
-        """TURN server for /ice-servers (needs --turn-secret-file); repeatable. E.g. turn:turn.example.org:3478?transport=udp, turns:turn.example.org:5349?transport=tcp."""
+        """TURN server for /ice-servers, e.g. turn:HOST:3478?transport=udp (repeatable; needs --turn-secret-file)."""
         self["turn-uris"].append(_checked_uri("--turn-uri", ice.parse_turn_uri, uri))
 
     def opt_stun_uri(self, uri):

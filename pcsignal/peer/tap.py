@@ -122,7 +122,7 @@ class Options(usage.Options):
         self["play-options"] = {}
 
     def opt_ice_server(self, url):
-        """STUN/TURN server URL (repeatable). Default: those the server's /ice-servers offers for each call, if any."""
+        """STUN/TURN server URL (repeatable). Default: what the server's /ice-servers offers, per call."""
         self["ice-servers"].append(url)
 
     def opt_ice_address(self, address):
