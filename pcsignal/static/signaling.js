@@ -18,6 +18,7 @@
 
   const RETRY_FIRST_MS = 500;
   const RETRY_MAX_MS = 8000;
+  const ICE_SERVERS_TIMEOUT_MS = 5000;
 
   /** Parse "name,id,connected\n" lines; the name is all before the last two commas. */
   function parseEntries(text) {
@@ -178,6 +179,8 @@
       try {
         const response = await fetch(this.server + "/ice-servers?peer_id=" + this.id, {
           cache: "no-store",
+          // A call waits for this answer: a server that never gives one must not hold it up.
+          signal: AbortSignal.timeout(ICE_SERVERS_TIMEOUT_MS),
         });
         if (!response.ok) return none;
         const body = await response.json();
