@@ -4,8 +4,8 @@ from setuptools import find_packages, setup
 # checks every import against this): `pip install pcsignal` is the server
 # alone; pcpeer, the load generators, the tests and the docs are extras.
 PEER = [
-    "aiortc>=1.9.0",
-    "aioice>=0.9.0",
+    "aiortc>=1.16.0",  # RTCConfiguration.iceTransportPolicy (--relay-only)
+    "aioice>=0.12.0",
     "av>=12.0.0",
     "numpy>=1.24",
     "pyee>=11.0.0",

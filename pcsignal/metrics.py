@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from pcsignal import protocol
+from pcsignal import ice, protocol
 
 # Request paths worth a label; everything else is "other" (bounded cardinality).
 _ENDPOINTS = {
@@ -17,6 +17,7 @@ _ENDPOINTS = {
     protocol.SIGN_OUT: "sign_out",
     protocol.WAIT: "wait",
     protocol.MESSAGE: "message",
+    ice.PATH: "ice_servers",
 }
 
 

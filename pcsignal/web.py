@@ -21,7 +21,7 @@ from twisted.web import resource, server, static
 from twisted.web.http import HTTPChannel
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pcsignal import logs, __version__, protocol
+from pcsignal import ice, logs, __version__, protocol
 from pcsignal.channel import (
     ChannelError,
     IChannel,
@@ -45,6 +45,7 @@ CORS = [
     (b"Access-Control-Expose-Headers", b"Content-Length, X-Peer-Id"),
 ]
 TEXT = b"text/plain"
+JSON = b"application/json"
 PROMETHEUS_TEXT = CONTENT_TYPE_LATEST.encode("ascii")
 _access_log = logs.logger("pcsignal.access")
 
@@ -389,6 +390,32 @@ class Message(Endpoint):
         d.addErrback(lambda f: respond_failure(request, f))
 
 
+class IceServers(Endpoint):
+    """
+    ``/ice-servers?peer_id=ID``: STUN and TURN servers, with TURN credentials,
+    for a signed-in peer only; an unknown id gets what ``/wait`` gets.  The
+    secret (a TurnSecret, or None) is read at each answer, so a reload of it
+    counts at once.  Credentials are never logged.
+    """
+
+    def __init__(self, channel: IChannel, servers: ice.IceSettings, secret=None):
+        Endpoint.__init__(self, channel)
+        self.servers = servers
+        self.secret = secret
+
+    def handle(self, request):
+        peer_id = self.peer_id(request)
+        if peer_id is not None:
+            d = self.channel.check(peer_id)
+            d.addCallbacks(lambda _: self.answer(request, peer_id),
+                           lambda f: respond_failure(request, f))
+
+    def answer(self, request, peer_id: int) -> None:
+        secret = None if self.secret is None else self.secret.value
+        body = self.servers.body(secret, peer_id, request.site.reactor.seconds())
+        respond(request, 200, b"OK", body, JSON)
+
+
 class NotFound(resource.Resource):
     isLeaf = True
 
@@ -456,6 +483,8 @@ class SignalingSite(server.Site):
         access_log: bool = False,
         metrics=None,
         reactor=None,
+        ice_settings: ice.IceSettings = ice.IceSettings(),
+        turn_secret=None,
     ):
         # Exact paths, dispatched by SignalingRequest.process without traversal.
         self.routes = {
@@ -464,6 +493,7 @@ class SignalingSite(server.Site):
             protocol.WAIT: Wait(channel),
             protocol.MESSAGE: Message(channel),
             b"/healthz": Healthz(channel),
+            ice.PATH: IceServers(channel, ice_settings, turn_secret),
         }
         if metrics is not None:
             self.routes[b"/metrics"] = Metrics(metrics.registry)
