@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from pcsignal import protocol
+from pcsignal import ice, protocol
 
 # Request paths worth a label; everything else is "other" (bounded cardinality).
 _ENDPOINTS = {
@@ -17,6 +17,7 @@ _ENDPOINTS = {
     protocol.SIGN_OUT: "sign_out",
     protocol.WAIT: "wait",
     protocol.MESSAGE: "message",
+    ice.PATH: "ice_servers",
 }
 
 
@@ -27,7 +28,7 @@ class ServerMetrics:
             lambda: channel.peer_count)
         Gauge("pcsignal_parked_waits", "Hanging GETs parked.", registry=r).set_function(
             lambda: channel.waiting_count)
-        Gauge("pcsignal_queued_items", "Items in all mailboxes.", registry=r).set_function(
+        Gauge("pcsignal_queued_items", "Items held for all peers: queued, or handed out and not yet settled.", registry=r).set_function(
             lambda: channel.queued_count)
         Gauge("pcsignal_queued_message_bytes", "Bytes of message bodies in all mailboxes.",
               registry=r).set_function(lambda: channel.queued_bytes)
@@ -38,6 +39,10 @@ class ServerMetrics:
         self.messages = Counter("pcsignal_messages", "Messages relayed between peers.", registry=r)
         self.message_bytes = Counter("pcsignal_message_bytes",
                                      "Bytes of message bodies relayed.", registry=r)
+        self.requeued = Counter(
+            "pcsignal_requeued",
+            "Items handed to a client that did not read them, put back at the head of its "
+            "mailbox.", registry=r)
         self.slow_peers_dropped = Counter(
             "pcsignal_slow_peers_dropped",
             "Peers dropped because a notification found their mailbox full.", registry=r)

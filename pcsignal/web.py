@@ -26,7 +26,7 @@ from twisted.web.http import HTTPChannel
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from zope.interface import implementer
 
-from pcsignal import logs, __version__, protocol
+from pcsignal import ice, logs, __version__, protocol
 from pcsignal.listeners import describe
 from pcsignal.ratelimit import TokenBuckets, address_key, retry_after
 from pcsignal.channel import (
@@ -52,6 +52,7 @@ CORS = [
     (b"Access-Control-Expose-Headers", b"Content-Length, X-Peer-Id"),
 ]
 TEXT = b"text/plain"
+JSON = b"application/json"
 PROMETHEUS_TEXT = CONTENT_TYPE_LATEST.encode("ascii")
 _access_log = logs.logger("pcsignal.access")
 
@@ -554,7 +555,8 @@ class SignIn(Endpoint):
             return
         d = self.channel.sign_in(raw_name)
         d.addCallbacks(
-            lambda result: respond(request, 200, b"Added", result[1], TEXT, result[0]),
+            lambda signed_in: respond(request, 200, b"Added", signed_in.body, TEXT,
+                                      signed_in.peer_id),
             lambda f: respond_failure(request, f),
         )
 
@@ -583,8 +585,15 @@ class Wait(Endpoint):
         if not d.called:
             # If the client leaves first, un-park without consuming an item.
             request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addCallbacks(lambda item: respond_item(request, item, peer_id),
+        d.addCallbacks(lambda delivery: self.deliver(request, delivery, peer_id),
                        lambda f: respond_failure(request, f))
+
+    def deliver(self, request, delivery, peer_id):
+        if request.gone:
+            self.channel.requeue(peer_id)  # nobody to read it
+            return
+        respond_item(request, delivery.item, peer_id)
+        self.channel.ack(peer_id, delivery.n)
 
 
 class Message(Endpoint):
@@ -615,6 +624,32 @@ class Message(Endpoint):
             d = self.channel.post(from_id, to_id, content_type, body)
             d.addCallback(lambda _: respond(request, 200, b"OK"))
         d.addErrback(lambda f: respond_failure(request, f))
+
+
+class IceServers(Endpoint):
+    """
+    ``/ice-servers?peer_id=ID``: STUN and TURN servers, with TURN credentials,
+    for a signed-in peer only; an unknown id gets what ``/wait`` gets.  The
+    secret (a TurnSecret, or None) is read at each answer, so a reload of it
+    counts at once.  Credentials are never logged.
+    """
+
+    def __init__(self, channel: IChannel, servers: ice.IceSettings, secret=None):
+        Endpoint.__init__(self, channel)
+        self.servers = servers
+        self.secret = secret
+
+    def handle(self, request):
+        peer_id = self.peer_id(request)
+        if peer_id is not None:
+            d = self.channel.check(peer_id)
+            d.addCallbacks(lambda _: self.answer(request, peer_id),
+                           lambda f: respond_failure(request, f))
+
+    def answer(self, request, peer_id: int) -> None:
+        secret = None if self.secret is None else self.secret.value
+        body = self.servers.body(secret, peer_id, request.site.reactor.seconds())
+        respond(request, 200, b"OK", body, JSON)
 
 
 class NotFound(resource.Resource):
@@ -709,6 +744,8 @@ class SignalingSite(server.Site):
         sign_in_rate: float = 0.0,
         sign_in_burst: int = 1,
         max_connections: Optional[int] = None,
+        ice_settings: ice.IceSettings = ice.IceSettings(),
+        turn_secret=None,
     ):
         """
         ``sign_in_rate`` sign-ins a second per client address, after a burst
@@ -726,6 +763,7 @@ class SignalingSite(server.Site):
             protocol.WAIT: Wait(channel),
             protocol.MESSAGE: Message(channel),
             b"/healthz": Healthz(channel),
+            ice.PATH: IceServers(channel, ice_settings, turn_secret),
         }
         if metrics is not None:
             self.routes[b"/metrics"] = Metrics(metrics.registry)

@@ -11,6 +11,7 @@ stdlib's http.client) that sends Origin like a page on another site.
 import http.client
 import re
 import socket
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -104,6 +105,13 @@ def native(url, method, target, body=None, content_type=b"text/plain", timeout=1
         request += b"Content-Length: %d\r\nContent-Type: %s\r\n" % (len(body), content_type)
     request += b"\r\n" + (body or b"")
     return parse_answer(native_raw(url, request, timeout))
+
+
+def parked_waits_become(url, count, timeout=5):
+    """Poll /metrics until the server has this many parked waits (no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while b"pcsignal_parked_waits %d.0" % count not in native(url, "GET", "/metrics").body:
+        assert time.monotonic() < deadline, "parked waits never became %d" % count
 
 
 class Browser:

@@ -14,15 +14,20 @@ documented differences (docs/server.rst, "Compatibility"):
 - an unknown path is a plain ``404 Not Found``;
 - an HTTP/1.1 client is kept alive (no ``Connection: close``) unless it
   asks to close; HTTP/1.0 clients, like the native one, get the reference's
-  ``Connection: close``.
+  ``Connection: close``;
+- presence is coalesced: a peer that signed in and out before another peer
+  was told reaches it as nothing (the transcript's last /wait gets
+  ``peer_3,3,1`` from the reference, about a peer long gone; pcsignal
+  answers it with the next real item instead).
 """
 
 import os
+import socket
 
 import pytest
 
 from conftest import start_pcsignal
-from httpclients import native_raw
+from httpclients import address, native, native_raw, parked_waits_become, parse_answer
 
 TRANSCRIPT = os.path.join(os.path.dirname(__file__), "data", "peerconnection_server-transcript.txt")
 
@@ -90,9 +95,22 @@ def test_transcript_has_every_kind_of_exchange():
 
 def test_replay_reference_transcript(run_twistd):
     _, url = start_pcsignal(run_twistd, "--sequential-ids")
-    for request, reference in exchanges():
+    *replayed, (last_request, last_reference) = exchanges()
+    for request, reference in replayed:
         answer = native_raw(url, request)
         assert answer == pcsignal_version_of(request, reference), request
+    # Bob was never told of peer_3, who came and went: nothing about it is
+    # due, so his /wait parks, and gets the next real item in its place.
+    assert last_request.startswith(b"GET /wait?peer_id=2 ") and b"peer_3,3,1" in last_reference
+    with socket.create_connection(address(url), timeout=10) as bob:
+        bob.sendall(last_request)
+        parked_waits_become(url, 1)
+        assert native(url, "POST", "/message?peer_id=1&to=2", b"after").status == 200
+        answer = b""
+        while chunk := bob.recv(65536):
+            answer += chunk
+    got = parse_answer(answer)
+    assert (got.status, got.pragma, got.body) == (200, 1, b"after")
 
 
 @pytest.mark.parametrize("header", [

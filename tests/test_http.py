@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import LISTENING, TwistdProcess, start_pcsignal
-from httpclients import Browser, native
+from httpclients import Browser, native, parked_waits_become
 
 MAX_BODY = 1024
 MAX_QUEUE = 4
@@ -110,13 +110,6 @@ def test_message_keeps_bytes_content_type_and_order(pair):
     assert (first.body, first.pragma, first.header(b"Content-Type")) == (
         payload, a.id, b"application/json")
     assert b.wait().body == b"second"
-
-
-def parked_waits_become(url, count, timeout=5):
-    """Poll /metrics until the server has this many parked waits (no event to wait on)."""
-    deadline = time.monotonic() + timeout
-    while b"pcsignal_parked_waits %d.0" % count not in native(url, "GET", "/metrics").body:
-        assert time.monotonic() < deadline, "parked waits never became %d" % count
 
 
 def test_parked_wait_gets_the_message(pair):

@@ -134,7 +134,8 @@ def test_help_documents_every_option():
                    "--max-message-bytes", "--max-queue", "--sequential-ids",
                    "--request-timeout", "--idle-timeout", "--access-log", "--log-level",
                    "--sign-in-rate", "--sign-in-burst", "--max-connections",
-                   "--max-queued-bytes"]:
+                   "--max-queued-bytes", "--turn-uri", "--stun-uri", "--turn-secret-file",
+                   "--turn-ttl"]:
         assert re.search(r"^\s+(-\w, )?%s\b.*\S" % option, out.stdout, re.M), option
 
 

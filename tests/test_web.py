@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
 from httpclients import parse_answer
-from pcsignal.channel import sequential_ids
+from pcsignal.channel import Limits, sequential_ids
 from pcsignal.channel.memory import MemoryChannel
 from pcsignal.metrics import ServerMetrics
 from pcsignal.web import (
@@ -87,8 +87,8 @@ def logged():
 
 
 def start_site(**options):
-    channel = MemoryChannel(reactor, peer_timeout=30, max_peers=100000, max_queue=10,
-                            max_queued_bytes=10**6, new_id=sequential_ids())
+    channel = MemoryChannel(reactor, Limits(max_peers=100000, max_queue=10, max_queued_bytes=10**6),
+                            new_id=sequential_ids())
     channel.metrics = metrics = ServerMetrics(channel)
     options.setdefault("request_timeout", REQUEST_TIMEOUT)
     site = SignalingSite(channel, max_message_bytes=1024, metrics=metrics, reactor=reactor,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -66,6 +66,19 @@ class WaitReplaced(ChannelError):
 
 
 @dataclass(frozen=True)
+class Limits:
+    """
+    The channel's limits.  Frozen, and read at each use: assigning a new
+    Limits to ``channel.limits`` (a reload) applies it from then on.
+    """
+
+    peer_timeout: float = 30.0
+    max_peers: int = 10000
+    max_queue: int = 1000
+    max_queued_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class Item:
     """
     One mailbox item, delivered as one /wait answer.
@@ -74,37 +87,67 @@ class Item:
     notification from the server, so that one notification Item is shared by
     every mailbox it goes to.  The Pragma header carries the sender's id for
     a message and the receiver's own id for a notification (``pragma_for``).
+    A notification's ``subject`` is the peer it is about (for coalescing).
     """
 
     sender: Optional[int]
     body: bytes
     content_type: Optional[bytes]
+    subject: Optional[int] = None
 
     @property
     def notification(self) -> bool:
         return self.sender is None
 
+    @property
+    def joined(self) -> bool:
+        """For a notification: the peer signed in (else it left)."""
+        return self.body.endswith(b",1\n")
+
     def pragma_for(self, receiver: int) -> int:
         return receiver if self.sender is None else self.sender
 
 
+def notification(name: str, peer_id: int, connected: bool) -> Item:
+    """The presence notification ``name,id,connected`` about peer_id."""
+    return Item(None, protocol.format_entry(name, peer_id, connected), b"text/plain", peer_id)
+
+
+class SignedIn(NamedTuple):
+    peer_id: int
+    body: bytes  # the peer list, the new peer first
+    token: str  # proves the peer's identity when it resumes (WebSocket)
+
+
+class Delivery(NamedTuple):
+    """An item handed to a receiver, and its number for that receiver."""
+
+    item: Item
+    n: int
+
+
 class IChannel(Interface):
     """
-    The signaling state behind the HTTP resources.
+    The signaling state behind the transports.
 
     Every method returns a Deferred; failures are ChannelError subclasses
     whose text is meant for the client.
+
+    Delivery is settled by evidence: an item handed out by ``wait`` is *in
+    flight* until the transport learns that the client read it (``ack``) or
+    did not (``requeue``, which puts it back at the head of the mailbox).
     """
 
+    limits = Attribute("The Limits in force; assign a new one to change them.")
     peer_count = Attribute("Number of signed-in peers.")
     waiting_count = Attribute("Number of parked waits.")
-    queued_count = Attribute("Number of items in all mailboxes.")
-    queued_bytes = Attribute("Bytes of message bodies in all mailboxes.")
+    queued_count = Attribute("Items held for all peers: queued, requeued or in flight.")
+    queued_bytes = Attribute("Bytes of message bodies held for all peers.")
 
     def sign_in(raw_name: bytes) -> Deferred:
         """
-        Add a peer.  Fires with (peer_id, body) where body is the peer list,
-        the new peer first.  Every other peer is notified.
+        Add a peer.  Fires with a SignedIn: the new id, the peer list (the
+        new peer first) and a token.  Every other peer is notified.
         """
 
     def sign_out(peer_id: int) -> Deferred:
@@ -113,17 +156,29 @@ class IChannel(Interface):
     def check(peer_id: int) -> Deferred:
         """Fire with None if the peer is signed in, fail with UnknownPeer if not."""
 
+    def check_token(peer_id: int, token: str) -> Deferred:
+        """Fire with None if the peer is signed in with this token, else fail with UnknownPeer."""
+
     def post(from_id: int, to_id: int, content_type: Optional[bytes], body: bytes) -> Deferred:
         """Queue a message for to_id (or hand it to its parked wait)."""
 
-    def wait(peer_id: int) -> Deferred:
+    def wait(peer_id: int, window: int = 1) -> Deferred:
         """
-        Fire with the peer's oldest Item, at once or when one arrives.
-        Cancelling the Deferred un-parks the wait without consuming an item.
+        Fire with a Delivery of the peer's oldest item not yet handed out,
+        once fewer than ``window`` items are in flight for it; park until
+        then.  A parked wait keeps the peer alive.  Cancelling un-parks
+        without consuming anything; a newer wait fails the parked one with
+        WaitReplaced.
         """
 
+    def ack(peer_id: int, n: int) -> Deferred:
+        """Items numbered up to n were read: forget them (in flight or requeued)."""
+
+    def requeue(peer_id: int) -> Deferred:
+        """Items in flight were not read: back to the head of the mailbox, in order."""
+
     def close() -> Deferred:
-        """Answer every parked wait with ShuttingDown and stop all timers."""
+        """Answer every parked wait with ShuttingDown, stop all timers, refuse new work."""
 
 
 def random_ids(rng=None) -> Callable[[], int]:

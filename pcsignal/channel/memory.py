@@ -4,10 +4,16 @@ MemoryChannel: the signaling channel with all state in this process.
 Every operation is O(1) in the number of peers, except the two that are
 O(peers) by nature: the sign-in answer (it lists everyone) and the
 sign-in/sign-out notifications (everyone gets one).
+
+A member's items pass through three queues: ``mailbox`` (not yet handed
+out), ``in_flight`` (handed out, not yet settled) and ``returned`` (handed
+out, then requeued: served again before the mailbox, keeping their numbers).
 """
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from collections import deque
 from typing import Callable, Optional
 
@@ -17,29 +23,86 @@ from zope.interface import implementer
 
 from pcsignal import logs, protocol
 from pcsignal.channel import (
+    Delivery,
     IChannel,
     Item,
+    Limits,
     MailboxFull,
     ServerBusy,
     ServerFull,
     ShuttingDown,
+    SignedIn,
     UnknownPeer,
     WaitReplaced,
+    notification,
     random_ids,
 )
 
+# Rebuild a mailbox once this many cancelled notifications sit in it (and
+# they outnumber the live items), so churn cannot grow it without bound.
+_COMPACT_AFTER = 64
+
 
 class _Member:
-    __slots__ = ("peer_id", "name", "entry", "mailbox", "waiter", "timeout")
+    __slots__ = ("peer_id", "name", "entry", "token", "mailbox", "in_flight", "returned",
+                 "next_n", "presence", "cancelled", "waiter", "window", "timeout")
 
-    def __init__(self, peer_id: int, name: str):
+    def __init__(self, peer_id: int, name: str, token: str):
         self.peer_id = peer_id
         self.name = name
         self.entry = protocol.format_entry(name, peer_id, True)
+        self.token = token
         self.mailbox: deque[Item] = deque()
+        self.in_flight: deque[tuple[int, Item]] = deque()
+        self.returned: deque[tuple[int, Item]] = deque()
+        self.next_n = 1
+        # Untold notifications in the mailbox, by the peer they are about;
+        # a notification in the mailbox that is not here was cancelled.
+        self.presence: dict[int, Item] = {}
+        self.cancelled = 0
         self.waiter: Optional[Deferred] = None
+        self.window = 1
         self.timeout = None  # IDelayedCall while no wait is parked
 
+    def held(self) -> int:
+        return len(self.mailbox) - self.cancelled + len(self.in_flight) + len(self.returned)
+
+    def ready(self) -> bool:
+        """An item can be handed out now."""
+        return (bool(self.returned) or len(self.mailbox) > self.cancelled) and \
+            len(self.in_flight) < self.window
+
+    def live(self, item: Item) -> bool:
+        return item.sender is not None or self.presence.get(item.subject) is item
+
+    def take(self) -> Delivery:
+        """Hand out the oldest item: it is in flight until settled."""
+        if self.returned:
+            n, item = self.returned.popleft()
+        else:
+            while True:
+                item = self.mailbox.popleft()
+                if item.sender is not None:
+                    break
+                if self.presence.get(item.subject) is item:
+                    del self.presence[item.subject]
+                    break
+                self.cancelled -= 1
+            n = self.next_n
+            self.next_n += 1
+        self.in_flight.append((n, item))
+        return Delivery(item, n)
+
+    def compact(self) -> None:
+        if self.cancelled > _COMPACT_AFTER and self.cancelled * 2 > len(self.mailbox):
+            self.mailbox = deque(item for item in self.mailbox if self.live(item))
+            self.cancelled = 0
+
+    def items(self):
+        """Every item held for this member."""
+        yield from (item for item in self.mailbox if self.live(item))
+        yield from (item for _, item in self.in_flight)
+        yield from (item for _, item in self.returned)
 
 
 @implementer(IChannel)
@@ -52,25 +115,17 @@ class MemoryChannel:
     dropped exactly as if it had signed out.
     """
 
-    log = logs.logger('pcsignal.channel')
+    log = logs.logger("pcsignal.channel")
 
     def __init__(
         self,
         clock: IReactorTime,
-        peer_timeout: float = 30.0,
-        max_peers: int = 10000,
-        max_queue: int = 1000,
-        max_queued_bytes: int = 256 * 1024 * 1024,
+        limits: Optional[Limits] = None,
         new_id: Optional[Callable[[], int]] = None,
         metrics=None,
     ):
         self._clock = clock
-        self._peer_timeout = peer_timeout
-        self._max_peers = max_peers
-        self._max_queue = max_queue
-        # Mailboxes hold at most max_queue items each, but bodies are what
-        # weigh: this caps them all together, so memory is bounded for real.
-        self._max_queued_bytes = max_queued_bytes
+        self.limits = limits or Limits()
         self._new_id = new_id or random_ids()
         self._members: dict[int, _Member] = {}  # insertion order = sign-in order
         self.metrics = metrics
@@ -88,12 +143,12 @@ class MemoryChannel:
     def sign_in(self, raw_name: bytes) -> Deferred:
         if self._closed:
             return fail(ShuttingDown())
-        if len(self._members) >= self._max_peers:
-            return fail(ServerFull(self._max_peers))
+        if len(self._members) >= self.limits.max_peers:
+            return fail(ServerFull(self.limits.max_peers))
         peer_id = self._allocate_id()
-        member = _Member(peer_id, protocol.clean_name(raw_name, peer_id))
+        member = _Member(peer_id, protocol.clean_name(raw_name, peer_id), secrets.token_urlsafe(18))
         body = b"".join([member.entry] + [m.entry for m in self._members.values()])
-        dropped = self._notify_all(member.entry)
+        dropped = self._notify_all(notification(member.name, peer_id, True))
         self._members[peer_id] = member
         self._arm_timeout(member)
         self._drop_slow(dropped)
@@ -101,7 +156,7 @@ class MemoryChannel:
                       name=member.name, peer_id=peer_id, count=len(self._members))
         if self.metrics:
             self.metrics.sign_ins.inc()
-        return succeed((peer_id, body))
+        return succeed(SignedIn(peer_id, body, member.token))
 
     def sign_out(self, peer_id: int) -> Deferred:
         member = self._members.get(peer_id)
@@ -117,14 +172,27 @@ class MemoryChannel:
             return succeed(None)
         return fail(UnknownPeer(peer_id))
 
+    def check_token(self, peer_id: int, token: str) -> Deferred:
+        member = self._members.get(peer_id)
+        if member is None or not hmac.compare_digest(member.token, token):
+            return fail(UnknownPeer(peer_id))
+        return succeed(None)
+
     def post(self, from_id: int, to_id: int, content_type: Optional[bytes], body: bytes) -> Deferred:
+        if self._closed:
+            return fail(ShuttingDown())
         target = self._members.get(to_id)
         if from_id not in self._members or target is None:
             return fail(UnknownPeer(to_id))
-        if target.waiter is None and self.queued_bytes + len(body) > self._max_queued_bytes:
-            return fail(ServerBusy(self._max_queued_bytes))
-        if not self._deliver(target, Item(from_id, body, content_type)):
-            return fail(MailboxFull(to_id, self._max_queue))
+        limits = self.limits
+        if self.queued_bytes + len(body) > limits.max_queued_bytes:
+            return fail(ServerBusy(limits.max_queued_bytes))
+        if target.held() >= limits.max_queue:
+            return fail(MailboxFull(to_id, limits.max_queue))
+        target.mailbox.append(Item(from_id, body, content_type))
+        self.queued_count += 1
+        self.queued_bytes += len(body)
+        self._hand_out(target)
         if logs.debug:
             self.log.debug("message {from_id} -> {to_id}: {size} bytes",
                            from_id=from_id, to_id=to_id, size=len(body))
@@ -133,20 +201,19 @@ class MemoryChannel:
             self.metrics.message_bytes.inc(len(body))
         return succeed(None)
 
-    def wait(self, peer_id: int) -> Deferred:
+    def wait(self, peer_id: int, window: int = 1) -> Deferred:
+        if self._closed:
+            return fail(ShuttingDown())
         member = self._members.get(peer_id)
         if member is None:
             return fail(UnknownPeer(peer_id))
-        if member.mailbox:
-            item = member.mailbox.popleft()
-            self.queued_count -= 1
-            if item.sender is not None:
-                self.queued_bytes -= len(item.body)
-            self._arm_timeout(member)  # answered now; it has peer_timeout to come back
-            return succeed(item)
         if member.waiter is not None:
             self._unpark(member).errback(WaitReplaced())
-        elif member.timeout is not None:
+        member.window = window
+        if member.ready():
+            self._arm_timeout(member)  # answered now; it has peer_timeout to come back
+            return succeed(member.take())
+        if member.timeout is not None:
             member.timeout.cancel()
             member.timeout = None
 
@@ -160,6 +227,25 @@ class MemoryChannel:
         member.waiter = d
         self.waiting_count += 1
         return d
+
+    def ack(self, peer_id: int, n: int) -> Deferred:
+        member = self._members.get(peer_id)
+        if member is not None:
+            for queue in (member.in_flight, member.returned):
+                while queue and queue[0][0] <= n:
+                    self._forget(queue.popleft()[1])
+            self._hand_out(member)
+        return succeed(None)
+
+    def requeue(self, peer_id: int) -> Deferred:
+        member = self._members.get(peer_id)
+        if member is not None and member.in_flight:
+            if self.metrics:
+                self.metrics.requeued.inc(len(member.in_flight))
+            member.returned.extendleft(reversed(member.in_flight))
+            member.in_flight.clear()
+            self._hand_out(member)
+        return succeed(None)
 
     def close(self) -> Deferred:
         self._closed = True
@@ -184,29 +270,40 @@ class MemoryChannel:
         self.waiting_count -= 1
         return d
 
-    def _deliver(self, member: _Member, item: Item) -> bool:
-        """Hand the item to the parked wait, or queue it; False if full."""
-        if member.waiter is not None:
+    def _hand_out(self, member: _Member) -> None:
+        """Give the parked wait an item, if one can be handed out."""
+        if member.waiter is not None and member.ready():
             d = self._unpark(member)
             # Timer first: the callback may park the next wait at once.
             self._arm_timeout(member)
-            d.callback(item)
-            return True
-        if len(member.mailbox) >= self._max_queue:
-            return False
-        member.mailbox.append(item)
-        self.queued_count += 1
-        if item.sender is not None:
-            self.queued_bytes += len(item.body)
-        return True
+            d.callback(member.take())
 
-    def _notify_all(self, entry: bytes) -> list[_Member]:
+    def _forget(self, item: Item) -> None:
+        self.queued_count -= 1
+        if item.sender is not None:
+            self.queued_bytes -= len(item.body)
+
+    def _notify_all(self, item: Item) -> list[_Member]:
         """Queue a notification for every member; return those that were full."""
         full = []
-        item = Item(None, entry, b"text/plain")  # one for all: memory is O(1) per event
+        subject = item.subject
         for member in self._members.values():
-            if not self._deliver(member, item):
+            untold = member.presence.pop(subject, None)
+            if untold is not None:
+                # This change replaces the untold one; joined and left before
+                # the member was told is nothing at all.
+                member.cancelled += 1
+                self.queued_count -= 1
+                member.compact()
+                if untold.joined and not item.joined:
+                    continue
+            if member.held() >= self.limits.max_queue:
                 full.append(member)
+                continue
+            member.mailbox.append(item)  # one Item for all: memory is O(1) per event
+            member.presence[subject] = item
+            self.queued_count += 1
+            self._hand_out(member)
         return full
 
     def _drop_slow(self, members: list[_Member]) -> None:
@@ -216,17 +313,18 @@ class MemoryChannel:
             self._remove(member, "dropped (mailbox full)")
 
     def _arm_timeout(self, member: _Member) -> None:
+        timeout = self.limits.peer_timeout
         if member.timeout is None or not member.timeout.active():
-            member.timeout = self._clock.callLater(self._peer_timeout, self._expire, member)
+            member.timeout = self._clock.callLater(timeout, self._expire, member)
         else:
-            member.timeout.reset(self._peer_timeout)
+            member.timeout.reset(timeout)
 
     def _expire(self, member: _Member) -> None:
         member.timeout = None
         if self._members.get(member.peer_id) is member:
             if self.metrics:
                 self.metrics.timeouts.inc()
-            self._remove(member, "timed out after %gs without /wait" % (self._peer_timeout,))
+            self._remove(member, "timed out after %gs without /wait" % (self.limits.peer_timeout,))
 
     def _remove(self, member: _Member, why: str) -> None:
         # Iterative, because notifying others may drop further slow peers.
@@ -244,12 +342,14 @@ class MemoryChannel:
                 member.timeout = None
             if member.waiter is not None:
                 self._unpark(member).errback(UnknownPeer(member.peer_id))
-            self.queued_count -= len(member.mailbox)
-            self.queued_bytes -= sum(len(i.body) for i in member.mailbox if i.sender is not None)
+            for item in member.items():
+                self._forget(item)
             member.mailbox.clear()
+            member.in_flight.clear()
+            member.returned.clear()
+            member.presence.clear()
             self.log.info("{why}: {name!r} ({peer_id}), {count} peers left",
                           why=why, name=member.name, peer_id=member.peer_id,
                           count=len(self._members))
-            entry = protocol.format_entry(member.name, member.peer_id, False)
-            for slow in self._notify_all(entry):
+            for slow in self._notify_all(notification(member.name, member.peer_id, False)):
                 pending.append((slow, "dropped (mailbox full)"))

@@ -9,6 +9,8 @@
   const STORAGE_NAME = "pcsignal.name";
   const STORAGE_SERVER = "pcsignal.server";
   const STATS_INTERVAL_MS = 1000;
+  // TURN credentials are asked for again once half their lifetime is gone.
+  const ICE_REFRESH_SHARE = 0.5;
 
   const $ = (id) => document.getElementById(id);
 
@@ -25,6 +27,7 @@
     stats: null,
     statsTimer: null,
     resumeName: null, // signed out by pagehide; sign in again if the page comes back
+    ice: null, // Promise of {iceServers, ttl, fetched} from the server's /ice-servers
   };
 
   // -- small view helpers ------------------------------------------------------
@@ -234,8 +237,10 @@
     showStat("stats-out", pcsignal.formatVideo(sample.outbound));
     showStat("stats-rtt", {
       rate: sample.rttMs === null ? "–" : Math.round(sample.rttMs) + " ms",
-      detail: "ICE round trip",
+      detail: sample.path === "relay" ? "ICE round trip · via TURN relay"
+        : sample.path === "direct" ? "ICE round trip · direct" : "ICE round trip",
     });
+    if (sample.path) $("stats").dataset.path = sample.path;
     const frames = sample.inbound ? sample.inbound.frames : 0;
     $("stats").dataset.framesDecoded = String(frames);
   }
@@ -267,7 +272,34 @@
     $("idle").hidden = false;
     for (const id of ["stats-in", "stats-out", "stats-rtt"]) showStat(id, { rate: "–", detail: "" });
     delete $("stats").dataset.framesDecoded;
+    delete $("stats").dataset.path;
     setChatEnabled(false);
+  }
+
+  // -- ICE servers -------------------------------------------------------------------------
+
+  function fetchIceServers(client) {
+    const fetched = Date.now();
+    return client.iceServers().then((ice) => Object.assign(ice, { fetched: fetched }));
+  }
+
+  /** The ICE servers for a new call: those fetched at sign-in, or fresh ones once they age. */
+  async function iceForCall(client) {
+    let ice = await (state.ice || (state.ice = fetchIceServers(client)));
+    if (ice.ttl && Date.now() - ice.fetched > ice.ttl * 1000 * ICE_REFRESH_SHARE) {
+      state.ice = fetchIceServers(client);
+      ice = await state.ice;
+    }
+    return ice;
+  }
+
+  /** Relay only: the page setting, on by default with ?relay=1 in the address. */
+  function relayOnly() {
+    return $("relay-only").checked;
+  }
+
+  function hasTurn(iceServers) {
+    return iceServers.some((server) => server.urls.some((url) => /^turns?:/i.test(url)));
   }
 
   // -- calls ------------------------------------------------------------------------------
@@ -325,14 +357,20 @@
       ? peer.name + " is calling. Starting your camera…"
       : "Starting your camera…";
     announce(offerText ? "Incoming call from " + peer.name + "." : "Calling " + peer.name + ".");
-    const media = await pcsignal.getLocalMedia();
+    const client = state.client;
+    const [media, ice] = await Promise.all([pcsignal.getLocalMedia(), iceForCall(client)]);
     if (media.error) showBanner(media.error, "warning");
+    if (relayOnly() && !hasTurn(ice.iceServers)) {
+      showBanner("Relay only is on, but the server offers no TURN relay: this call cannot connect.", "warning");
+    }
     if (state.call !== placeholder) {
       if (media.stream) media.stream.getTracks().forEach((t) => t.stop());
       return;
     }
-    const client = state.client;
-    const call = new pcsignal.Call(peer, client.id, (text) => client.send(peerId, text), media.stream);
+    const call = new pcsignal.Call(peer, client.id, (text) => client.send(peerId, text), media.stream, {
+      iceServers: ice.iceServers,
+      relayOnly: relayOnly(),
+    });
     attachCall(call);
     if (placeholder.pending.length) {
       for (const text of placeholder.pending) call.receive(text);
@@ -433,6 +471,7 @@
     if (state.call instanceof pcsignal.Call) state.call.hangUp(false, "Signed out.");
     state.call = null;
     state.client = null;
+    state.ice = null;
     state.peers.clear();
     renderPeers();
     showSignedIn(false);
@@ -458,6 +497,7 @@
       const peers = await client.signIn(name);
       state.client = client;
       state.peers = new Map(peers.map((p) => [p.id, shown(p.name)]));
+      state.ice = fetchIceServers(client);
     } catch (e) {
       showBanner(e.message, "error", { label: "Try again", run: () => signIn() });
       return;
@@ -536,7 +576,9 @@
   function init() {
     $("name").value = storage(STORAGE_NAME) || "";
     $("server").value = storage(STORAGE_SERVER) || defaultServer();
-    if ($("server").value !== defaultServer()) $("server-details").open = true;
+    const relay = new URLSearchParams(location.search).get("relay");
+    $("relay-only").checked = relay !== null && relay !== "0" && relay !== "false";
+    if ($("server").value !== defaultServer() || relayOnly()) $("server-details").open = true;
     $("signin-form").addEventListener("submit", signIn);
     $("sign-out").addEventListener("click", signOut);
     $("hang-up").addEventListener("click", hangUp);
