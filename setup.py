@@ -25,6 +25,7 @@ TEST = PEER + BENCH + DOCS + [
     "pytest-twisted>=1.14.1",
     "cryptography>=42.0",
     "playwright>=1.45",
+    "hypothesis>=6.0",
 ]
 
 setup(

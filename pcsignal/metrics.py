@@ -59,5 +59,14 @@ class ServerMetrics:
         }
         self._other = self.request_seconds.labels("other")
 
+    def watch_site(self, site) -> None:
+        """Gauges read from the web site: its connections and rate-limit memory."""
+        Gauge("pcsignal_connections", "Client connections open.",
+              registry=self.registry).set_function(lambda: len(site.connections))
+        if site.sign_in_limit is not None:
+            Gauge("pcsignal_sign_in_rate_addresses",
+                  "Client addresses the sign-in rate limit remembers.",
+                  registry=self.registry).set_function(lambda: len(site.sign_in_limit))
+
     def observe_request(self, path: bytes, seconds: float) -> None:
         self._observers.get(path, self._other).observe(seconds)

@@ -16,9 +16,10 @@ from twisted.python import usage
 from pcsignal import ice, logs, __version__
 from pcsignal.channel import Limits, random_ids, sequential_ids
 from pcsignal.channel.memory import MemoryChannel
+from pcsignal.fds import default_max_connections, raise_open_files_limit
 from pcsignal.listeners import ListenerService
 from pcsignal.metrics import ServerMetrics
-from pcsignal.options import positive_float, positive_int
+from pcsignal.options import non_negative_float, positive_float, positive_int
 from pcsignal.turn_secret import TurnSecret, UnusableSecretFile
 from pcsignal.web import SignalingSite
 
@@ -53,6 +54,15 @@ class Options(usage.Options):
          "to send one request's headers and body (slowloris).", positive_float],
         ["idle-timeout", None, 60.0, "Close a keep-alive connection idle this long.",
          positive_float],
+        # Hardening (docs/server.rst, "Limits and errors").
+        ["sign-in-rate", None, 10.0, "Sign-ins a second allowed from one client address "
+         "(IPv6: one /64) after a burst of --sign-in-burst; beyond it, 429 with "
+         "Retry-After. 0: no limit (load tests from one address).", non_negative_float],
+        ["sign-in-burst", None, 100, "Sign-ins one address may make at once before "
+         "--sign-in-rate applies.", positive_int],
+        ["max-connections", None, None, "Most client connections open at once; beyond it "
+         "new ones are closed at once. Default: 90% of the open-files limit, which "
+         "pcsignal raises to its hard limit at start.", positive_int],
         ["log-level", None, "info", "Least severe pcsignal events logged: debug (adds "
          "one line per message relayed; never bodies), info (sign-in, sign-out, "
          "timeouts, refusals), warn, error, critical."],
@@ -152,6 +162,11 @@ def makeService(config, reactor=None):
         new_id=sequential_ids() if config["sequential-ids"] else random_ids(),
     )
     channel.metrics = metrics = ServerMetrics(channel)
+    open_files = raise_open_files_limit()
+    max_connections = config["max-connections"] or default_max_connections(open_files)
+    logs.logger("pcsignal.limits").info(
+        "open files limit {open_files}: at most {max_connections} connections",
+        open_files=open_files, max_connections=max_connections)
     site = SignalingSite(
         channel,
         max_message_bytes=config["max-message-bytes"],
@@ -160,6 +175,9 @@ def makeService(config, reactor=None):
         access_log=config["access-log"],
         metrics=metrics,
         reactor=reactor,
+        sign_in_rate=config["sign-in-rate"],
+        sign_in_burst=config["sign-in-burst"],
+        max_connections=max_connections,
         ice_settings=ice.IceSettings(
             tuple(config["turn-uris"]), tuple(config["stun-uris"]), config["turn-ttl"]),
         # TurnSecret.reload() re-reads the file; the next answer uses it.

@@ -67,9 +67,21 @@
   }
 
   function initials(name) {
-    const words = name.trim().split(/\s+/).filter(Boolean);
+    // Format characters (bidi controls, isolate marks) are invisible: skip them.
+    const words = name.replace(/\p{Cf}/gu, "").trim().split(/\s+/).filter(Boolean);
     const letters = words.slice(0, 2).map((w) => Array.from(w)[0]);
     return (letters.join("") || "?").toUpperCase();
+  }
+
+  // A name with right-to-left letters or bidi controls could reorder the
+  // words of a sentence around it ("Calling \u202egnp.exe…" reads "Calling
+  // …exe.png"): such a name is shown between isolate marks (FSI … PDI), which
+  // confine its direction to itself.  Names are only ever shown as text.
+  const BIDI =
+    /[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u{10800}-\u{10fff}\u{1e800}-\u{1efff}]/u;
+
+  function shown(name) {
+    return BIDI.test(name) ? "\u2068" + name + "\u2069" : name;
   }
 
   function hue(text) {
@@ -431,10 +443,10 @@
   function onPeer(event) {
     const entry = event.detail;
     if (entry.connected) {
-      state.peers.set(entry.id, entry.name);
-      announce(entry.name + " is online.");
+      state.peers.set(entry.id, shown(entry.name));
+      announce(shown(entry.name) + " is online.");
     } else {
-      const name = state.peers.get(entry.id) || entry.name;
+      const name = state.peers.get(entry.id) || shown(entry.name);
       state.peers.delete(entry.id);
       announce(name + " went offline.");
       const call = state.call;
@@ -484,7 +496,7 @@
     try {
       const peers = await client.signIn(name);
       state.client = client;
-      state.peers = new Map(peers.map((p) => [p.id, p.name]));
+      state.peers = new Map(peers.map((p) => [p.id, shown(p.name)]));
       state.ice = fetchIceServers(client);
     } catch (e) {
       showBanner(e.message, "error", { label: "Try again", run: () => signIn() });
@@ -507,7 +519,7 @@
     client.addEventListener("reachable", () => {
       if (state.client !== client) return;
       document.body.classList.remove("offline");
-      $("presence-text").textContent = client.name;
+      $("presence-text").textContent = shown(client.name);
       hideBanner();
       announce("Connected to the server again.");
     });
@@ -517,11 +529,11 @@
       endSession();
       showBanner(e.detail.reason, "error", { label: "Sign in again", run: () => signIn() });
     });
-    $("presence-text").textContent = client.name;
+    $("presence-text").textContent = shown(client.name);
     showSignedIn(true);
     renderPeers();
     renderCallState();
-    announce("Signed in as " + client.name + ".");
+    announce("Signed in as " + shown(client.name) + ".");
     $("main").focus({ preventScroll: true });
   }
 
