@@ -4,8 +4,8 @@ from setuptools import find_packages, setup
 # checks every import against this): `pip install pcsignal` is the server
 # alone; pcpeer, the load generators, the tests and the docs are extras.
 PEER = [
-    "aiortc>=1.9.0",
-    "aioice>=0.9.0",
+    "aiortc>=1.16.0",  # RTCConfiguration.iceTransportPolicy (--relay-only)
+    "aioice>=0.12.0",
     "av>=12.0.0",
     "numpy>=1.24",
     "pyee>=11.0.0",
@@ -18,13 +18,15 @@ BENCH = [
     "psutil>=5.9",
     "uvloop>=0.19; sys_platform != 'win32'",
 ]
-TEST = PEER + BENCH + [
+# The docs' API pages import pcpeer, so the docs need the peer extra too.
+DOCS = PEER + ["sphinx>=7.0"]
+TEST = PEER + BENCH + DOCS + [
     "pytest>=8.0",
     "pytest-twisted>=1.14.1",
     "cryptography>=42.0",
     "playwright>=1.45",
+    "hypothesis>=6.0",
 ]
-DOCS = ["sphinx>=7.0"]
 
 setup(
     name="pcsignal",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from pcsignal import protocol
+from pcsignal import ice, protocol
 
 # Request paths worth a label; everything else is "other" (bounded cardinality).
 _ENDPOINTS = {
@@ -17,6 +17,7 @@ _ENDPOINTS = {
     protocol.SIGN_OUT: "sign_out",
     protocol.WAIT: "wait",
     protocol.MESSAGE: "message",
+    ice.PATH: "ice_servers",
 }
 
 
@@ -66,6 +67,15 @@ class ServerMetrics:
             path: self.request_seconds.labels(name) for path, name in _ENDPOINTS.items()
         }
         self._other = self.request_seconds.labels("other")
+
+    def watch_site(self, site) -> None:
+        """Gauges read from the web site: its connections and rate-limit memory."""
+        Gauge("pcsignal_connections", "Client connections open.",
+              registry=self.registry).set_function(lambda: len(site.connections))
+        if site.sign_in_limit is not None:
+            Gauge("pcsignal_sign_in_rate_addresses",
+                  "Client addresses the sign-in rate limit remembers.",
+                  registry=self.registry).set_function(lambda: len(site.sign_in_limit))
 
     def observe_request(self, path: bytes, seconds: float) -> None:
         self._observers.get(path, self._other).observe(seconds)

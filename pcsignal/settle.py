@@ -193,7 +193,7 @@ class Answer:
         self.peer_id = peer_id
         self.n = n
         self.deadline = deliveries.clock.seconds() + deliveries.quiet_seconds
-        self.recheck = None  # after a FIN, see client_closed
+        self.recheck = None  # after a FIN, see closed_by_client
         connection.answer = self
         deliveries.in_flight[peer_id] = self
 
@@ -204,13 +204,13 @@ class Answer:
 
     def look(self, evidence: str) -> Deferred:
         """Settle from the socket's state now, unless it shows a FIN: that
-        is judged by ``client_closed``, which the connection calls next."""
+        is judged by ``closed_by_client``, which the connection calls next."""
         state = socket_state(os_socket(self.connection.transport))
         if state == CLOSED:
             return succeed(None)
         return self.settle(state == OPEN, evidence)
 
-    def client_closed(self) -> None:
+    def closed_by_client(self) -> None:
         """
         The client sent FIN, and all of the answer went to the kernel.  A
         FIN is evidence of reading only once the client's kernel has
@@ -239,7 +239,7 @@ class Answer:
 
     def _recheck(self) -> None:
         self.recheck = None
-        self.client_closed()
+        self.closed_by_client()
 
     # -- settling ------------------------------------------------------------
 

@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import time
 from typing import Optional
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import resource, server, static
 from twisted.web.http import HTTPChannel
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from zope.interface import implementer
 
-from pcsignal import logs, __version__, protocol
+from pcsignal import ice, logs, __version__, protocol
+from pcsignal.listeners import describe
+from pcsignal.ratelimit import TokenBuckets, address_key, retry_after
 from pcsignal.settle import OPEN, Deliveries, os_socket, socket_state
 from pcsignal.channel import (
     ChannelError,
@@ -48,6 +53,7 @@ CORS = [
     (b"Access-Control-Expose-Headers", b"Content-Length, X-Peer-Id"),
 ]
 TEXT = b"text/plain"
+JSON = b"application/json"
 PROMETHEUS_TEXT = CONTENT_TYPE_LATEST.encode("ascii")
 _access_log = logs.logger("pcsignal.access")
 
@@ -73,6 +79,63 @@ _REJECTION_REASON = {
 _SERVER_LINE = b"Server: " + SERVER + b"\r\nCache-Control: no-cache\r\n"
 _CORS_LINES = b"".join(name + b": " + value + b"\r\n" for name, value in CORS)
 
+# Limits on a request's head (docs/server.rst, "Limits and errors").
+MAX_REQUEST_LINE = 8192  # method, target and version: beyond it, 414
+MAX_HEAD_BYTES = 16384  # request line and headers together: beyond it, 431
+MAX_HEADERS = 100  # header lines: beyond it, 431
+# A header name longer than this: 431.  twisted.web remembers up to 10,000
+# distinct header names for good; short names keep that memory small.
+MAX_HEADER_NAME = 256
+# A Content-Length line longer than this announces more than 10^18 bytes.
+_LONGEST_LENGTH_LINE = len(b"Content-Length: ") + 18 + 64  # spaces allowed around the value
+# A client-supplied field in a log line is cut to this many characters.
+LOG_FIELD_CHARS = 200
+
+
+def clip(field: bytes, limit: int = LOG_FIELD_CHARS) -> str:
+    """
+    A client-supplied field fit for a log line: control characters escaped,
+    cut to ``limit`` characters with its full length noted.
+    """
+    text = _UNPRINTABLE.sub(_escape, field[:limit].decode("latin-1"))
+    if len(field) > limit:
+        text += "...(%d bytes)" % (len(field),)
+    return text
+
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape(match) -> str:
+    return "\\x%02x" % (ord(match.group()),)
+
+
+def head(
+    code: int,
+    reason: bytes,
+    length: int,
+    close: bool,
+    content_type: Optional[bytes] = TEXT,
+    pragma: Optional[int] = None,
+    extra: bytes = b"",
+) -> list:
+    """An answer's status line and headers, in the reference's order."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (code, reason), _SERVER_LINE]
+    if close:
+        lines.append(b"Connection: close\r\n")
+    if content_type:
+        # A header value from a client could carry a bare LF; never echo one.
+        lines.append(b"Content-Type: %s\r\n"
+                     % content_type.replace(b"\r", b" ").replace(b"\n", b" "))
+    lines.append(b"Content-Length: %d\r\n" % (length,))
+    if pragma is not None:
+        lines.append(b"Pragma: %d\r\n" % (pragma,))
+    if extra:
+        lines.append(extra)
+    lines.append(_CORS_LINES)
+    lines.append(b"\r\n")
+    return lines
+
 
 def respond(
     request: "SignalingRequest",
@@ -81,9 +144,11 @@ def respond(
     body: bytes = b"",
     content_type: Optional[bytes] = TEXT,
     pragma: Optional[int] = None,
+    extra: bytes = b"",
 ) -> None:
     """
-    Write a complete answer with the reference's headers, in its order.
+    Write a complete answer with the reference's headers, in its order;
+    ``extra`` is more header lines, each ending in CRLF.
 
     The head is joined from constant byte strings rather than built through
     twisted.web's Headers: this is the hot path of every relayed message.
@@ -92,29 +157,19 @@ def respond(
         return
     if request.site.stopping:
         request.channel.persistent = False
-    head = [b"HTTP/1.1 %d %s\r\n" % (code, reason), _SERVER_LINE]
-    if not request.channel.persistent:
-        head.append(b"Connection: close\r\n")
-    if content_type:
-        # A header value from a client could carry a bare LF; never echo one.
-        head.append(b"Content-Type: %s\r\n"
-                    % content_type.replace(b"\r", b" ").replace(b"\n", b" "))
-    head.append(b"Content-Length: %d\r\n" % (len(body),))
-    if pragma is not None:
-        head.append(b"Pragma: %d\r\n" % (pragma,))
-    head.append(_CORS_LINES)
-    head.append(b"\r\n")
+    data = head(code, reason, len(body), not request.channel.persistent, content_type,
+                pragma, extra)
     if request.method != b"HEAD":
-        head.append(body)
+        data.append(body)
     request.setResponseCode(code, reason)
-    request.write_raw(head, len(body))
+    request.write_raw(data, len(body))
     request.finish()
 
 
-def respond_error(request: "SignalingRequest", code: int, reason: bytes, text: str, why: str):
-    request.site.count_rejection(why, "%s %s" % (request.method.decode("latin-1"),
-                                                 request.path.decode("latin-1")))
-    respond(request, code, reason, text.encode("utf-8"))
+def respond_error(request: "SignalingRequest", code: int, reason: bytes, text: str, why: str,
+                  extra: bytes = b""):
+    request.site.count_rejection(why, "%s %s" % (clip(request.method), clip(request.path)))
+    respond(request, code, reason, text.encode("utf-8"), extra=extra)
 
 
 def respond_failure(request: "SignalingRequest", failure: Failure) -> None:
@@ -136,6 +191,31 @@ def respond_item(request: "SignalingRequest", item: Item, receiver: int) -> None
 
 def query(request) -> bytes:
     return request.uri.partition(b"?")[2]
+
+
+_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def decode_strictly(raw: bytes, what: str) -> tuple[Optional[str], Optional[str]]:
+    """
+    Percent-decode raw (a path or a sign-in name) and read it as UTF-8:
+    (text, None), or (None, why not) as the short text of a 400.
+    """
+    if _BAD_PERCENT.search(raw):
+        return None, "Invalid percent-encoding in %s." % (what,)
+    try:
+        text = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "Invalid UTF-8 in %s." % (what,)
+    return text, None
+
+
+def path_error(path: bytes) -> Optional[str]:
+    """Why a path outside the protocol's own cannot be looked up, or None."""
+    text, error = decode_strictly(path, "path")
+    if error is None and "\x00" in text:
+        error = "NUL byte in path."
+    return error
 
 
 class _Discard:
@@ -193,7 +273,16 @@ class SignalingRequest(server.Request):
             return
         handler = self.site.routes.get(self.path)
         if handler is None:
-            server.Request.process(self)  # static files, metrics: full traversal
+            # Static files and metrics: full traversal, of a path that can
+            # name a file (twisted.web and the file system fail on others).
+            error = path_error(self.path)
+            if error is not None:
+                respond_error(self, 400, b"Bad Request", error, "bad_path")
+                return
+            # The client's files are small: whole files only, and no parsing
+            # (and logging) of a client's Range header by twisted.web.
+            self.requestHeaders.removeHeader(b"Range")
+            server.Request.process(self)
             return
         # The protocol paths are matched exactly, as the reference does, so
         # skip twisted.web's traversal and default headers on the hot path.
@@ -232,10 +321,12 @@ class SignalingRequest(server.Request):
 class SignalingHTTPChannel(HTTPChannel):
     """
     HTTPChannel that writes the reference's ``HTTP/1.1`` status line to
-    every client (RFC 9110 too: a server sends its own highest version), and
-    closes connections that take longer than the site's request_timeout to
-    send one request's head and body (slowloris).  Parked waits are not
-    affected: the deadline ends once a request has been read.
+    every client (RFC 9110 too: a server sends its own highest version),
+    answers an over-long request line with 414 and an over-large head with
+    431, and closes connections that take longer than the site's
+    request_timeout to send one request's head and body (slowloris), or
+    send nothing at all.  Parked waits are not affected: the deadline ends
+    once a request has been read.
 
     While a /wait answer on it is unsettled (``answer``, see
     pcsignal.settle), it reports what the client does next, and after a
@@ -243,9 +334,19 @@ class SignalingHTTPChannel(HTTPChannel):
     FIN or reset still arrives.
     """
 
+    # LineReceiver's longest line, lowered to what is left of the head's
+    # budget as its lines arrive: a head too large is refused as soon as it
+    # is, with or without line ends.
+    MAX_LENGTH = MAX_REQUEST_LINE
+    # twisted.web's own limits (answered 400) stay as a backstop: ours answer first.
+    totalHeadersSize = MAX_HEAD_BYTES
+    maxHeaders = MAX_HEADERS
+
     _deadline = None
+    _head_bytes = None  # bytes of the request head read so far; None between requests
+    _header_lines = 0
     answer = None  # a settle.Answer written here and not yet settled
-    _client_closed = False  # the client sent FIN
+    client_closed = False  # the client sent FIN: all it will send
     _write_closed = False  # we sent FIN after everything written
 
     def writeHeaders(self, version, code, reason, headers):
@@ -256,6 +357,8 @@ class SignalingHTTPChannel(HTTPChannel):
         self.site.connections.add(self)
         # Every Request asks; without this, one getsockname() call each.
         self._host = HTTPChannel.getHost(self)
+        # A connection that never sends a byte is as slow as can be.
+        self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
 
     def getHost(self):
         return self._host
@@ -266,6 +369,55 @@ class SignalingHTTPChannel(HTTPChannel):
         if self._deadline is None and not self._handlingRequest:
             self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
         HTTPChannel.dataReceived(self, data)
+
+    def lineReceived(self, line):
+        if self._head_bytes is None:
+            if line:  # the request line (an empty line before it is allowed)
+                self._head_bytes = len(line)
+                self._header_lines = 0
+                self.MAX_LENGTH = MAX_HEAD_BYTES - self._head_bytes
+        elif line:
+            self._head_bytes += len(line)
+            self.MAX_LENGTH = MAX_HEAD_BYTES - self._head_bytes
+            if line[0] not in b" \t":  # not a folded continuation
+                self._header_lines += 1
+                if self._header_lines > MAX_HEADERS or (
+                        len(line) > MAX_HEADER_NAME
+                        and line.find(b":", 0, MAX_HEADER_NAME + 1) < 0):
+                    self._headers_too_large(line)
+                    return
+                if len(line) > _LONGEST_LENGTH_LINE and line[:15].lower() == b"content-length:":
+                    # More digits than int() takes (twisted.web would raise): too large anyway.
+                    self._refuse_head(413, b"Payload Too Large",
+                                      "Message body larger than %d bytes; not delivered."
+                                      % (self.site.max_message_bytes,), "too_large", line)
+                    return
+        else:  # the end of the head
+            self._head_bytes = None
+            self.MAX_LENGTH = MAX_REQUEST_LINE
+        HTTPChannel.lineReceived(self, line)
+
+    def lineLengthExceeded(self, line):
+        if self._head_bytes is None:
+            self._refuse_head(414, b"URI Too Long", "Request line longer than %d bytes."
+                              % (MAX_REQUEST_LINE,), "uri_too_long", line)
+        else:
+            self._headers_too_large(line)
+
+    def _headers_too_large(self, line):
+        self._refuse_head(431, b"Request Header Fields Too Large",
+                          "Request head over %d bytes, %d header lines or a %d-byte header name."
+                          % (MAX_HEAD_BYTES, MAX_HEADERS, MAX_HEADER_NAME), "headers_too_large",
+                          line)
+
+    def _refuse_head(self, code, reason, text, why, line):
+        # The request line up to its query (names, ids) or, for a header, nothing:
+        # it may be a credential.
+        shown = clip(line.partition(b"?")[0]) if why == "uri_too_long" else "request head"
+        self.site.count_rejection(why, "%s from %s" % (shown, describe(self.transport.getPeer())))
+        body = text.encode("ascii")
+        self.transport.writeSequence(head(code, reason, len(body), True) + [body])
+        self.loseConnection()
 
     def allContentReceived(self):
         self._cancel_deadline()
@@ -285,15 +437,18 @@ class SignalingHTTPChannel(HTTPChannel):
             HTTPChannel.loseConnection(self)
 
     def readConnectionLost(self):
-        """The client sent FIN."""
-        self._client_closed = True
+        """
+        The client sent FIN: all it will send (a shutdown after its
+        request).  With an answer unsettled, that FIN is evidence to weigh
+        (settle.Answer.closed_by_client) once the whole answer has gone out;
+        otherwise the answers already written still reach the client, then
+        the connection closes.
+        """
+        self.client_closed = True
         if self.answer is None:
-            if self.requests:
-                self.transport.abortConnection()  # it left its request: gone
-            else:
-                self.transport.loseConnection()
+            self.loseConnection()
         elif self._write_closed:
-            self.answer.client_closed()
+            self.answer.closed_by_client()
         else:
             # Send the rest of the answer first; writeConnectionLost follows.
             self.transport.loseWriteConnection()
@@ -301,11 +456,13 @@ class SignalingHTTPChannel(HTTPChannel):
     def writeConnectionLost(self):
         """Everything written went to the kernel, then our FIN."""
         self._write_closed = True
-        if self._client_closed and self.answer is not None:
-            self.answer.client_closed()
+        if self.answer is None:
+            self.loseConnection()
+        elif self.client_closed:
+            self.answer.closed_by_client()
 
     def answer_settled(self):
-        if self._client_closed or self._write_closed:
+        if self.client_closed or self._write_closed:
             self.transport.loseConnection()
 
     def connectionLost(self, reason):
@@ -328,8 +485,60 @@ class SignalingHTTPChannel(HTTPChannel):
         self._deadline = None
         self.site.count_rejection(
             "request_timeout", "connection from %s, request not received within %gs"
-            % (self.transport.getPeer(), self.site.request_timeout))
+            % (describe(self.transport.getPeer()), self.site.request_timeout))
         self.transport.abortConnection()
+
+
+class RefusedConnection(Protocol):
+    """A connection over the site's limit: closed at once, nothing read or written."""
+
+    def connectionMade(self):
+        self.transport.abortConnection()
+
+
+class RefusalLog:
+    """
+    Refusals, logged by bursts so that a flood cannot flood the log: the
+    first refusal for a reason is logged as it happens; more for that reason
+    are only counted until ``quiet`` seconds pass without one, when one line
+    tells how many there were.
+    """
+
+    def __init__(self, logger, clock, quiet: float = 10.0):
+        self.logger = logger
+        self.clock = clock
+        self.quiet = quiet
+        self._bursts: dict[str, list] = {}  # reason -> [more, first, last, timer]
+
+    def refused(self, why: str, what: str) -> None:
+        burst = self._bursts.get(why)
+        now = self.clock.seconds()
+        if burst is None:
+            self.logger.info("refused {what}: {why}", what=what, why=why)
+            self._bursts[why] = [0, now, now, self.clock.callLater(self.quiet, self._end, why)]
+        else:
+            burst[0] += 1
+            burst[2] = now
+
+    def _end(self, why: str) -> None:
+        burst = self._bursts[why]
+        more, first, last, _ = burst
+        idle = self.clock.seconds() - last
+        if idle < self.quiet:
+            burst[3] = self.clock.callLater(self.quiet - idle, self._end, why)
+            return
+        del self._bursts[why]
+        if more:
+            self.logger.info("refused {more} more ({why}) in {seconds:.1f}s after the first",
+                             more=more, why=why, seconds=last - first)
+
+    def stop(self) -> None:
+        """Log every burst still open, now."""
+        for why, burst in list(self._bursts.items()):
+            if burst[3].active():
+                burst[3].cancel()
+            burst[2] = -self.quiet  # long quiet: ends at once
+            self._end(why)
 
 
 # -- resources ------------------------------------------------------------------
@@ -338,7 +547,7 @@ class SignalingHTTPChannel(HTTPChannel):
 class Endpoint(resource.Resource):
     """
     A resource at one exact path, answered with respond(): the protocol's
-    four, /healthz and /metrics.  Wrong methods get 405.
+    four, /healthz and /metrics.  Wrong methods get 405 with ``Allow``.
     """
 
     isLeaf = True
@@ -350,9 +559,7 @@ class Endpoint(resource.Resource):
 
     def render(self, request):
         if request.method not in self.methods:
-            respond_error(request, 405, b"Method Not Allowed",
-                          "%s not allowed here." % (request.method.decode("latin-1"),),
-                          "method_not_allowed")
+            refuse_method(request, self.methods)
             return server.NOT_DONE_YET
         self.handle(request)
         return server.NOT_DONE_YET
@@ -364,12 +571,36 @@ class Endpoint(resource.Resource):
         return peer_id
 
 
+def refuse_method(request: SignalingRequest, methods: tuple) -> None:
+    """405, with the methods the resource takes (and OPTIONS, which every path takes)."""
+    respond_error(request, 405, b"Method Not Allowed",
+                  "%s not allowed here." % (clip(request.method),), "method_not_allowed",
+                  b"Allow: " + b", ".join(methods + (b"OPTIONS",)) + b"\r\n")
+
+
 # GET or POST, as the reference accepts; never HEAD, which must not change state.
 class SignIn(Endpoint):
     methods = (b"GET", b"POST")
 
+    def __init__(self, channel: IChannel, limit: Optional[TokenBuckets] = None):
+        Endpoint.__init__(self, channel)
+        self.limit = limit
+
     def handle(self, request):
-        d = self.channel.sign_in(query(request))
+        if self.limit is not None:
+            wait = self.limit.take(address_key(request.getClientAddress()))
+            if wait:
+                seconds = retry_after(wait)
+                respond_error(request, 429, b"Too Many Requests",
+                              "Too many sign-ins from your address; retry in %d s." % (seconds,),
+                              "sign_in_rate", b"Retry-After: %d\r\n" % (seconds,))
+                return
+        raw_name = query(request)
+        _, error = decode_strictly(raw_name, "name")
+        if error is not None:
+            respond_error(request, 400, b"Bad Request", error, "bad_name")
+            return
+        d = self.channel.sign_in(raw_name)
         d.addCallbacks(
             lambda signed_in: respond(request, 200, b"Added", signed_in.body, TEXT,
                                       signed_in.peer_id),
@@ -425,8 +656,9 @@ class Wait(Endpoint):
     def deliver(self, request, delivery, peer_id):
         self.unpark(request, peer_id)
         deliveries = request.site.deliveries
-        if request.gone:
-            deliveries.settle(peer_id, delivery.n, False, "gone")  # nobody to read it
+        if request.gone or request.channel.client_closed:
+            # It left (or said it was done) before the answer: nobody to read it.
+            deliveries.settle(peer_id, delivery.n, False, "gone")
             return
         # In flight until the connection shows whether it was read.
         deliveries.handed(request.channel, peer_id, delivery.n)
@@ -463,6 +695,32 @@ class Message(Endpoint):
         d.addErrback(lambda f: respond_failure(request, f))
 
 
+class IceServers(Endpoint):
+    """
+    ``/ice-servers?peer_id=ID``: STUN and TURN servers, with TURN credentials,
+    for a signed-in peer only; an unknown id gets what ``/wait`` gets.  The
+    secret (a TurnSecret, or None) is read at each answer, so a reload of it
+    counts at once.  Credentials are never logged.
+    """
+
+    def __init__(self, channel: IChannel, servers: ice.IceSettings, secret=None):
+        Endpoint.__init__(self, channel)
+        self.servers = servers
+        self.secret = secret
+
+    def handle(self, request):
+        peer_id = self.peer_id(request)
+        if peer_id is not None:
+            d = self.channel.check(peer_id)
+            d.addCallbacks(lambda _: self.answer(request, peer_id),
+                           lambda f: respond_failure(request, f))
+
+    def answer(self, request, peer_id: int) -> None:
+        secret = None if self.secret is None else self.secret.value
+        body = self.servers.body(secret, peer_id, request.site.reactor.seconds())
+        respond(request, 200, b"OK", body, JSON)
+
+
 class NotFound(resource.Resource):
     isLeaf = True
 
@@ -489,23 +747,45 @@ class Metrics(Endpoint):
         respond(request, 200, b"OK", generate_latest(self.registry), PROMETHEUS_TEXT)
 
 
+class NotAllowed(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, methods: tuple):
+        resource.Resource.__init__(self)
+        self.methods = methods
+
+    def render(self, request):
+        refuse_method(request, self.methods)
+        return server.NOT_DONE_YET
+
+
 class StaticRoot(resource.Resource):
-    """The browser client (a flat directory, index.html at /); anything else is 404."""
+    """
+    The browser client (a flat directory, index.html at /), read-only;
+    anything else is 404.
+    """
+
+    methods = (b"GET", b"HEAD")
 
     def __init__(self, static_dir=STATIC_DIR):
         resource.Resource.__init__(self)
         self._static = static.File(static_dir, defaultType="application/octet-stream")
         self._static.indexNames = ["index.html"]
         self._not_found = NotFound()
+        self._not_allowed = NotAllowed(self.methods)
 
     def getChildWithDefault(self, name, request):
+        if request.postpath:  # a segment after this one: not in a flat directory
+            return self._not_found
         if request.path == b"/":
-            request.postpath = []
-            return self._static.getChild(b"", request)
-        child = self._static.getChildWithDefault(name, request)
-        if isinstance(child, static.File) and child.exists() and not child.isdir():
-            return child
-        return self._not_found
+            child = self._static.getChild(b"", request)
+        else:
+            child = self._static.getChildWithDefault(name, request)
+            if not (isinstance(child, static.File) and child.exists() and not child.isdir()):
+                return self._not_found
+        if request.method not in self.methods:
+            return self._not_allowed
+        return child
 
 
 class SignalingSite(server.Site):
@@ -530,34 +810,59 @@ class SignalingSite(server.Site):
         access_log: bool = False,
         metrics=None,
         reactor=None,
+        sign_in_rate: float = 0.0,
+        sign_in_burst: int = 1,
+        max_connections: Optional[int] = None,
+        ice_settings: ice.IceSettings = ice.IceSettings(),
+        turn_secret=None,
     ):
+        """
+        ``sign_in_rate`` sign-ins a second per client address, after a burst
+        of ``sign_in_burst`` (0: no limit); ``max_connections`` open
+        connections at most (None: no limit).
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self.sign_in_limit = (TokenBuckets(reactor, sign_in_rate, sign_in_burst)
+                              if sign_in_rate > 0 else None)
         # Exact paths, dispatched by SignalingRequest.process without traversal.
         self.routes = {
-            protocol.SIGN_IN: SignIn(channel),
+            protocol.SIGN_IN: SignIn(channel, self.sign_in_limit),
             protocol.SIGN_OUT: SignOut(channel),
             protocol.WAIT: Wait(channel),
             protocol.MESSAGE: Message(channel),
             b"/healthz": Healthz(channel),
+            ice.PATH: IceServers(channel, ice_settings, turn_secret),
         }
         if metrics is not None:
             self.routes[b"/metrics"] = Metrics(metrics.registry)
-        kwargs = {"timeout": idle_timeout}
-        if reactor is not None:
-            kwargs["reactor"] = reactor
         # Bodies are opaque messages, never forms: no form parsing (it is
         # slow, and would turn a multipart-typed message into a 400).
-        server.Site.__init__(self, StaticRoot(), parsePOSTFormSubmission=False, **kwargs)
+        server.Site.__init__(self, StaticRoot(), parsePOSTFormSubmission=False,
+                             timeout=idle_timeout, reactor=reactor)
         self.channel = channel
         self.max_message_bytes = max_message_bytes
         self.request_timeout = request_timeout
+        self.max_connections = max_connections
         self.access_log = access_log
         self.metrics = metrics
         self.deliveries = Deliveries(channel, self.reactor, metrics)
         if metrics is not None:
             metrics.unsettled.set_function(lambda: len(self.deliveries))
         self.connections: set[SignalingHTTPChannel] = set()
+        self.refusals = RefusalLog(self.logger, reactor)
         self.stopping = False
         self._drained: Optional[Deferred] = None
+        if metrics is not None:
+            metrics.watch_site(self)
+
+    def buildProtocol(self, addr):
+        if self.max_connections is not None and len(self.connections) >= self.max_connections:
+            # Cheap: no HTTP parsing, no answer; the client sees a reset.
+            self.count_rejection("max_connections", "connection from %s: %d open"
+                                 % (describe(addr), len(self.connections)))
+            return RefusedConnection()
+        return server.Site.buildProtocol(self, addr)
 
     def drain(self, grace: float = 5.0) -> Deferred:
         """
@@ -566,6 +871,7 @@ class SignalingSite(server.Site):
         after ``grace`` seconds is aborted.
         """
         self.stopping = True
+        self.refusals.stop()
         if not self.connections:
             return succeed(None)
         for conn in list(self.connections):
@@ -583,9 +889,9 @@ class SignalingSite(server.Site):
 
     def count_rejection(self, why: str, what: str) -> None:
         """Count and log a refusal; ``what`` is the method and path only (the
-        query holds names and ids; bodies are never logged)."""
+        query holds names and ids; bodies are never logged), clipped."""
         if why != "not_found" or logs.debug:  # a missing favicon is no news
-            self.logger.info("refused {what}: {why}", what=what, why=why)
+            self.refusals.refused(why, what)
         if self.metrics is not None:
             self.metrics.rejections.labels(why).inc()
 
@@ -602,9 +908,9 @@ class SignalingSite(server.Site):
             _access_log.info(
                 '{client} "{method} {uri} {proto}" {code} {length}',
                 client=getattr(request.getClientAddress(), "host", "-"),
-                method=request.method.decode("latin-1"),
-                uri=request.uri.decode("latin-1"),
-                proto=request.clientproto.decode("latin-1"),
+                method=clip(request.method),
+                uri=clip(request.uri),
+                proto=clip(request.clientproto),
                 code=request.code,
                 length=request.sentLength,
             )

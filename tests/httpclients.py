@@ -96,6 +96,30 @@ def reset(sock):
     sock.close()
 
 
+def shut_and_read(port, data: bytes, timeout=5.0):
+    """
+    Send any bytes on a new connection to a loopback port, shut our side,
+    read until the server closes: all it sent (b"" for a close or reset
+    without an answer), or None if it did neither within timeout.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            received = []
+            try:
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    received.append(chunk)
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+            return b"".join(received)
+    except socket.timeout:
+        return None
+
+
 def native(url, method, target, body=None, content_type=b"text/plain", timeout=10) -> Answer:
     request = b"%s %s HTTP/1.0\r\n" % (method.encode(), target.encode())
     if body is not None:

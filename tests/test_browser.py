@@ -296,3 +296,41 @@ def test_page_uses_a_server_on_another_origin(chromium, pcsignal_server, run_twi
         frank.context.close()
 
     chromium.run(scenario, chromium.browser)
+
+
+def answer_with(status):
+    """A Playwright route handler answering like a server without the path."""
+    def handler(route):
+        route.fulfill(status=status, content_type="text/html",
+                      body="<html><body>Sorry, not yet implemented</body></html>")
+    return handler
+
+
+def test_call_against_a_server_without_ice_servers(chromium, pcsignal_server):
+    """
+    /ice-servers answered like a server that lacks it (the reference's 500
+    page for one browser, a 404 for the other): sign-in and calls work, with
+    no ICE servers.
+    """
+    _, url = pcsignal_server
+
+    def scenario(browser):
+        pages = []
+        for name, status in (("gina", 500), ("hank", 404)):
+            page = open_page(browser, url)
+            page.route("**/ice-servers?*", answer_with(status))
+            sign_in(page, name)
+            pages.append(page)
+        gina, hank = pages
+        peer_button(gina, "hank").click()
+        expect_connected(gina, "hank")
+        expect_connected(hank, "gina")
+        expect_remote_video_playing(gina)
+        expect(gina.locator("#stats")).to_have_attribute("data-path", "direct")
+        for page in pages:
+            assert page.evaluate("pcsignal.app.call.peerConnection.getConfiguration().iceServers") == []
+            expect(page.locator("#banner")).to_be_hidden()
+            assert page.js_errors == []
+            page.context.close()
+
+    chromium.run(scenario, chromium.browser)

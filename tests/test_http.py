@@ -6,6 +6,7 @@ One real ``twistd pcsignal`` with small limits serves the whole module.
 """
 
 import select
+import selectors
 import socket
 import threading
 import time
@@ -332,13 +333,44 @@ def test_slowloris_is_cut_off(url):
 
 
 def test_idle_keep_alive_connection_is_closed(url):
-    port = int(url.rsplit(":", 1)[1])
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.settimeout(IDLE_TIMEOUT + 10)
+    browser = Browser(url, timeout=IDLE_TIMEOUT + 10)
+    response, _ = browser.request("GET", "/healthz")
+    assert response.status == 200 and response.getheader("Connection") is None
     started = time.monotonic()
-    assert sock.recv(100) == b""  # we sent nothing; the server hangs up
+    assert browser.sock.recv(100) == b""  # we send nothing more; the server hangs up
     assert IDLE_TIMEOUT - 0.5 <= time.monotonic() - started < IDLE_TIMEOUT + 5
-    sock.close()
+    browser.close()
+
+
+def test_silent_connections_are_closed_at_the_request_timeout(url):
+    """Connections that never send a byte are each closed within the request
+    timeout plus 3 s of connecting (docs/benchmarks.rst has 1,000 of them)."""
+    port = int(url.rsplit(":", 1)[1])
+    selector = selectors.DefaultSelector()
+    lifetimes = []
+
+    def reap(timeout):
+        for key, _ in selector.select(timeout):
+            try:
+                assert key.fileobj.recv(100) == b""
+            except ConnectionResetError:
+                pass
+            lifetimes.append(time.monotonic() - key.data)
+            selector.unregister(key.fileobj)
+            key.fileobj.close()
+
+    for _ in range(300):
+        sock = socket.create_connection(("127.0.0.1", port))
+        selector.register(sock, selectors.EVENT_READ, time.monotonic())
+        reap(0)  # connecting can take a while: note closes as they come
+    deadline = time.monotonic() + REQUEST_TIMEOUT + 3
+    while selector.get_map() and time.monotonic() < deadline:
+        reap(deadline - time.monotonic())
+    left = len(selector.get_map())
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()
+    assert left == 0
+    assert REQUEST_TIMEOUT - 0.2 <= min(lifetimes) and max(lifetimes) < REQUEST_TIMEOUT + 3
 
 
 def test_static_client_and_not_found(url):

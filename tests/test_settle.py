@@ -144,7 +144,7 @@ def test_fin_before_the_answer_was_acknowledged_waits_for_the_verdict():
     server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     sent = server.send(b"x" * 200000)  # more than the client's window
     client.shutdown(socket.SHUT_WR)
-    connection.answer.client_closed()
+    connection.answer.closed_by_client()
     assert len(deliveries) == 1 and len(clock.getDelayedCalls()) == 2  # recheck, sweep
     clock.advance(0.1)
     assert len(deliveries) == 1

@@ -133,7 +133,9 @@ def test_help_documents_every_option():
     for option in ["--port", "--listen", "--peer-timeout", "--max-peers",
                    "--max-message-bytes", "--max-queue", "--sequential-ids",
                    "--request-timeout", "--idle-timeout", "--access-log", "--log-level",
-                   "--max-queued-bytes"]:
+                   "--sign-in-rate", "--sign-in-burst", "--max-connections",
+                   "--max-queued-bytes", "--turn-uri", "--stun-uri", "--turn-secret-file",
+                   "--turn-ttl"]:
         assert re.search(r"^\s+(-\w, )?%s\b.*\S" % option, out.stdout, re.M), option
 
 

@@ -31,13 +31,13 @@ import math
 import os
 import platform
 import random
-import resource
 import sys
 import time
 from typing import Callable, Optional
 
 import aiohttp
 
+from pcsignal.bench import hostile
 from pcsignal.bench import workers as bench_workers
 from pcsignal.bench.peers import (
     FAILURES,
@@ -51,6 +51,7 @@ from pcsignal.bench.peers import (
     sent_at,
 )
 from pcsignal.bench.workers import WorkerPool, own_cpu_seconds
+from pcsignal.fds import raise_open_files_limit as raise_fd_limit  # one socket per peer
 from pcsignal.options import fraction, positive_float, positive_int
 
 
@@ -104,18 +105,6 @@ def delivery_check(sent: list[int], received: list[int]) -> dict:
         "duplicated": duplicated,
         "out_of_order": out_of_order,
     }
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit: one socket per peer."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 class ServerProcess:
@@ -506,7 +495,9 @@ def summary(result: dict) -> str:
     """The result as a few human-readable lines."""
     scenario = result["scenario"]
     lines = []
-    if scenario == "relay":
+    if scenario in hostile.SCENARIOS:
+        lines.extend(hostile.summary(result))
+    elif scenario == "relay":
         latency = result["latency"]
         lines.append(
             "relay: %d pairs, %d messages in %.2fs = %.1f msgs/s"
@@ -668,11 +659,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Started by storm and hold themselves (see pcsignal.bench.workers); no help: not for users.
     scenarios.add_parser("worker", parents=[common])
+    hostile.add_parsers(scenarios, common)  # fuzz, churn, soak
     return parser
 
 
 async def run(args: argparse.Namespace, loop: str) -> dict:
     server = ServerProcess(args.server_pid) if args.server_pid else None
+    if args.scenario in hostile.SCENARIOS + ("churner",):
+        return await hostile.run(args, server)
     if args.scenario == "relay":
         return await relay(
             args.url, args.pairs, args.seconds, args.messages, args.size, args.timeout, server,

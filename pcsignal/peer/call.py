@@ -28,14 +28,16 @@ asyncio future.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import ctypes.util
 import os.path
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceTransportPolicy, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRecorder, MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription as ParsedSdp
@@ -45,7 +47,7 @@ from twisted.internet.defer import Deferred
 
 from pcsignal import logs, protocol
 from pcsignal.peer.framework import api_future
-from pcsignal.peer.ice import ice_configuration
+from pcsignal.peer.ice import ice_configuration, turn_server_used, why_no_relay
 from pcsignal.peer.media import CountingTrack, SharedSource
 from pcsignal.peer.recording import KINDS, RECORDABLE_KINDS, recording_path
 
@@ -53,6 +55,10 @@ from pcsignal.peer.recording import KINDS, RECORDABLE_KINDS, recording_path
 FRAME_MILESTONES = (1, 30, 60, 100, 300, 1000)
 
 SendFunction = Callable[[int, bytes], Any]
+#: Gives the ICE configuration for a new call (pcpeer: from the server's /ice-servers).
+IceSource = Callable[[], Awaitable[RTCConfiguration]]
+
+_SDP_CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) (\d+) typ (\w+)", re.M)
 
 
 @dataclass
@@ -74,7 +80,15 @@ def label(peer_name: str, peer_id: int) -> str:
 class Call:
     """One call with one remote peer."""
 
-    def __init__(self, manager: "CallManager", peer_id: int, peer_name: str, role: str) -> None:
+    def __init__(
+        self,
+        manager: "CallManager",
+        peer_id: int,
+        peer_name: str,
+        role: str,
+        ice: Optional[RTCConfiguration] = None,
+        started: Optional[float] = None,
+    ) -> None:
         self.manager = manager
         self.peer_id = peer_id
         self.peer_name = peer_name
@@ -82,8 +96,9 @@ class Call:
         self.label = label(peer_name, peer_id)
         self.log = logs.logger("pcpeer.call.%d" % (peer_id,))
         self.config = manager.config
-        self.pc = RTCPeerConnection(self.config.ice)
-        self.started = time.monotonic()
+        self.ice = ice or self.config.ice
+        self.pc = RTCPeerConnection(self.ice)
+        self.started = time.monotonic() if started is None else started
         self.sent: dict[str, CountingTrack] = {}
         self.received: dict[str, CountingTrack] = {}
         self.recording: Optional[str] = None
@@ -98,6 +113,7 @@ class Call:
         self._sinks: list[asyncio.Task] = []
         self._stats_task: Optional[asyncio.Task] = None
         self._watched_transports: set[int] = set()
+        self._relay_checked = False
         self._watch_peer_connection()
 
     # -- public, for API users -------------------------------------------------
@@ -131,6 +147,7 @@ class Call:
         self._watch_dtls()
         self.log.info("sending offer to {label}", label=self.label)
         self.manager.send(self.peer_id, protocol.SessionDescription("offer", self.pc.localDescription.sdp))
+        await self._check_candidates()
 
     async def accept_offer(self, sdp: str) -> None:
         first = self.pc.remoteDescription is None
@@ -142,6 +159,7 @@ class Call:
         self._watch_dtls()
         self.log.info("sending answer to {label}", label=self.label)
         self.manager.send(self.peer_id, protocol.SessionDescription("answer", self.pc.localDescription.sdp))
+        await self._check_candidates()
         self._log_codecs(self.pc.localDescription.sdp)
         await self._start_recorder()
 
@@ -170,6 +188,35 @@ class Call:
             candidate.sdpMLineIndex = 0
         await self.pc.addIceCandidate(candidate)
         self.log.debug("candidate from {label}: {candidate}", label=self.label, candidate=text)
+
+    async def _check_candidates(self) -> None:
+        """
+        Log what aiortc gathered (it puts every candidate in the description)
+        and, once per call, why a configured TURN server gave no relay.  With
+        no candidate at all (relay-only without a relay) aiortc would wait
+        forever: the call ends, after the reason is logged.
+        """
+        found = {m.groups() for m in _SDP_CANDIDATE.finditer(self.pc.localDescription.sdp)}
+        kinds = collections.Counter(kind for _, _, kind in found)
+        self.log.info("ICE candidates for {label}: {kinds}", label=self.label,
+                      kinds=", ".join("%s %d" % item for item in sorted(kinds.items())) or "none")
+        if "relay" in kinds or self._relay_checked:
+            return
+        self._relay_checked = True
+        turn = turn_server_used(self.ice)
+        if turn is None and self.ice.iceTransportPolicy == RTCIceTransportPolicy.RELAY:
+            self.log.warn("no TURN relay for the call with {label}: relay-only, but there is no TURN server "
+                          "(the signaling server offers none, and no --ice-server)", label=self.label)
+        elif turn is not None:
+            why = asyncio.ensure_future(self._log_why_no_relay(turn))
+            if not found:
+                await why
+        if not found:
+            self.manager.end_call_soon(self.peer_id, "no ICE candidates to connect with", send_bye=True)
+
+    async def _log_why_no_relay(self, turn: dict) -> None:
+        reason = await why_no_relay(turn)
+        self.log.warn("no TURN relay for the call with {label}: {reason}", label=self.label, reason=reason)
 
     # -- media -----------------------------------------------------------------
 
@@ -460,12 +507,19 @@ class CallManager(EventEmitter):
     Events (pyee): ``call_started(call)``, ``call_ended(call, reason)``.
     """
 
-    def __init__(self, send: SendFunction, source: SharedSource, config: Optional[CallConfig] = None) -> None:
+    def __init__(
+        self,
+        send: SendFunction,
+        source: SharedSource,
+        config: Optional[CallConfig] = None,
+        ice_source: Optional[IceSource] = None,
+    ) -> None:
         super().__init__()
         self.log = logs.logger("pcpeer.calls")
         self._send = send
         self.source = source
         self.config = config or CallConfig()
+        self._ice_source = ice_source
         self.local_id: Optional[int] = None
         self.calls: dict[int, Call] = {}
         # peer id -> [lock, users]: each peer's messages are handled in order;
@@ -527,11 +581,16 @@ class CallManager(EventEmitter):
         """``close`` as a coroutine, for asyncio code."""
         await asyncio.gather(*[self._serially(pid, self._end_call, pid, "stopping", True) for pid in list(self.calls)])
 
-    def _new_call(self, peer_id: int, peer_name: str, role: str) -> Call:
-        call = Call(self, peer_id, peer_name, role)
+    def _new_call(self, peer_id: int, peer_name: str, role: str, ice: RTCConfiguration, started: float) -> Call:
+        call = Call(self, peer_id, peer_name, role, ice, started)
         self.calls[peer_id] = call
         self.emit("call_started", call)
         return call
+
+    async def _ice_for_call(self) -> RTCConfiguration:
+        if self._ice_source is None:
+            return self.config.ice
+        return await self._ice_source()
 
     def _full(self) -> bool:
         return self.config.max_calls is not None and len(self.calls) >= self.config.max_calls
@@ -539,9 +598,12 @@ class CallManager(EventEmitter):
     async def _start_call(self, peer_id: int, peer_name: str) -> Call:
         if peer_id in self.calls:
             raise CallRefused("already in a call with %s" % (label(peer_name, peer_id),))
+        started = time.monotonic()
+        ice = await self._ice_for_call()
+        # After the wait for the ICE servers: calls with others may have started meanwhile.
         if self._full():
             raise CallRefused("already in %d calls (--max-calls)" % (len(self.calls),))
-        call = self._new_call(peer_id, peer_name, "caller")
+        call = self._new_call(peer_id, peer_name, "caller", ice, started)
         self.log.info("calling {label}", label=call.label)
         try:
             await call.make_offer()
@@ -601,16 +663,19 @@ class CallManager(EventEmitter):
             await call.close("glare: yielded to the other offer")
             call = None
         if call is None:
+            started = time.monotonic()
             refusal = _offer_problem(sdp)
             if refusal is None and not self.config.answer:
                 refusal = "not answering calls (--no-answer)"
+            ice = await self._ice_for_call() if refusal is None else None
+            # After the wait for the ICE servers: calls with others may have started meanwhile.
             if refusal is None and self._full():
                 refusal = "already in %d calls (--max-calls)" % (len(self.calls),)
             if refusal:
                 self.log.info("declining call from {who}: {refusal}", who=who, refusal=refusal)
                 self.send(peer_id, protocol.Bye())
                 return
-            call = self._new_call(peer_id, peer_name, "callee")
+            call = self._new_call(peer_id, peer_name, "callee", ice, started)
             self.log.info("answering call from {who}", who=who)
         await self._guarded(call, "offer", call.accept_offer(sdp), fatal=True)
 

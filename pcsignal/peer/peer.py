@@ -14,6 +14,11 @@ that reactor on its loop::
     await peer.stop()                  # hangs up, signs out
 
 Methods return Deferreds or asyncio futures, following txaio's choice.
+
+Unless its CallConfig names ICE servers of its own, the peer asks the
+signaling server's ``/ice-servers`` for each call, so one ``--server`` URL
+is all it needs to call through the server's TURN relay; a server without
+that path (the reference) leaves it with its own configuration.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from __future__ import annotations
 import asyncio
 from typing import Optional
 
+from aiortc import RTCConfiguration, RTCIceTransportPolicy
 
 from pcsignal import logs
 from pcsignal.peer.call import CallConfig, CallManager, CallRefused
 from pcsignal.peer.framework import api_future
+from pcsignal.peer.ice import configuration_from_server, describe_servers
 from pcsignal.peer.media import SharedSource, pattern_source
-from pcsignal.peer.signaling import DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY, SignalingClient
+from pcsignal.peer.signaling import DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY, SignalingClient, SignalingError
 
 
 class Peer:
@@ -47,7 +54,14 @@ class Peer:
         self.signaling = SignalingClient(
             server_url, name, reactor=reactor, retry_delay=retry_delay, max_retry_delay=max_retry_delay
         )
-        self.calls = CallManager(self.signaling.send, source or SharedSource(pattern_source()), config)
+        config = config or CallConfig()
+        self.calls = CallManager(
+            self.signaling.send,
+            source or SharedSource(pattern_source()),
+            config,
+            ice_source=None if config.ice.iceServers else self._ice_from_server,
+        )
+        self._ice_note: Optional[str] = None
         #: Name or id of a peer to call whenever it shows up (``--call``).
         self.autocall = autocall
         self._autocalled: set[int] = set()
@@ -70,6 +84,26 @@ class Peer:
         if peer_id is None:
             return api_future(_fail(CallRefused("no peer %r is signed in" % (name_or_id,))))
         return self.calls.call(peer_id, self.signaling.peers[peer_id])
+
+    async def _ice_from_server(self) -> RTCConfiguration:
+        """The ICE servers the signaling server offers for a call, else our own configuration."""
+        own = self.calls.config.ice
+        relay_only = own.iceTransportPolicy == RTCIceTransportPolicy.RELAY
+        try:
+            answer = await self.signaling.ice_servers().asFuture(asyncio.get_event_loop())
+            ice = configuration_from_server(answer, relay_only)
+        except (SignalingError, ValueError) as e:
+            self._note_ice("no ICE servers from the signaling server (%s): using our own: %s"
+                           % (e, describe_servers(own)))
+            return own
+        self._note_ice("ICE servers from the signaling server: %s" % (describe_servers(ice),))
+        return ice
+
+    def _note_ice(self, text: str) -> None:
+        # Once per change, not once per call.
+        if text != self._ice_note:
+            self._ice_note = text
+            self.log.info("{text}", text=text)
 
     async def _stop(self) -> None:
         # An asyncio coroutine: Deferreds are awaited through asFuture.

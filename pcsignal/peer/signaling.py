@@ -16,6 +16,8 @@ client's habits.
   not restart: that stale entry is signed out.
 - The peer list is kept from the sign-in answer and the notifications.
 - ``stop()`` signs out.
+- ``ice_servers()`` asks pcsignal's own ``/ice-servers`` for the ICE
+  servers of a call (other servers, like the reference, have no such path).
 
 Events (pyee; handlers may return Deferreds or be coroutines):
 
@@ -33,6 +35,7 @@ tested with ``twisted.internet.task.Clock``.
 from __future__ import annotations
 
 import collections
+import json
 from typing import Optional
 from urllib.parse import quote
 
@@ -44,11 +47,12 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
-from pcsignal import logs, protocol
+from pcsignal import ice, logs, protocol
 
 DEFAULT_RETRY_DELAY = 2.0
 DEFAULT_MAX_RETRY_DELAY = 10.0
 SIGN_OUT_TIMEOUT = 5.0
+ICE_SERVERS_TIMEOUT = 5.0
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -128,6 +132,33 @@ class SignalingClient(TwistedEventEmitter):
         if not self._sending:
             ensureDeferred(self._drain_outbox()).addErrback(self._log_crash)
         return d
+
+    def ice_servers(self) -> Deferred:
+        """
+        ``GET /ice-servers``: fires with the server's RTCConfiguration-shaped
+        dict, or fails with SignalingError saying why there is none (not
+        signed in, no such path, not JSON, unreachable).
+        """
+        return ensureDeferred(self._ice_servers())
+
+    async def _ice_servers(self) -> dict:
+        if self.peer_id is None:
+            raise NotSignedIn("not signed in")
+        path = ice.PATH.decode("ascii")
+        try:
+            response, body = await self._request(
+                "GET", "%s%s?peer_id=%d" % (self.server_url, path, self.peer_id), timeout=ICE_SERVERS_TIMEOUT)
+        except Exception as e:
+            raise SignalingError("%s failed: %s" % (path, _describe(e)))
+        if response.code != 200:
+            raise SignalingError("%s answered %d" % (path, response.code))
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise SignalingError("%s answered something other than a JSON object" % (path,))
+        return answer
 
     def find_peer(self, name_or_id: str) -> Optional[int]:
         """The id of a listed peer given its id or its name (oldest first)."""

@@ -91,6 +91,8 @@ class Options(usage.Options):
         ["no-answer", None, "Refuse incoming calls (answering is the default)."],
         ["loop", None, "Loop the --play file."],
         ["echo", None, "Send each caller its own media back instead of our source."],
+        ["relay-only", None, "Gather, offer and use TURN relay candidates only (ICE transport "
+         "policy relay): proves the relay works, and hides this host's addresses."],
     ]
     optParameters = [
         ["server", "s", "http://127.0.0.1:8888", "Signaling server URL."],
@@ -120,7 +122,7 @@ class Options(usage.Options):
         self["play-options"] = {}
 
     def opt_ice_server(self, url):
-        """STUN/TURN server URL (repeatable; none by default)."""
+        """STUN/TURN server URL (repeatable). Default: what the server's /ice-servers offers, per call."""
         self["ice-servers"].append(url)
 
     def opt_ice_address(self, address):
@@ -163,7 +165,7 @@ class Options(usage.Options):
 
             for address in self["ice-addresses"]:
                 ipaddress.ip_address(address)
-            ice_configuration(self["ice-servers"], self["ice-username"], self["ice-credential"])
+            ice_configuration(self["ice-servers"], self["ice-username"], self["ice-credential"], self["relay-only"])
         except ValueError as e:
             raise usage.UsageError(str(e))
         self["reactor"] = install_asyncio_reactor()
@@ -208,7 +210,9 @@ def makeService(options):
     config = CallConfig(
         answer=not options["no-answer"],
         max_calls=options["max-calls"],
-        ice=ice_configuration(options["ice-servers"], options["ice-username"], options["ice-credential"]),
+        ice=ice_configuration(
+            options["ice-servers"], options["ice-username"], options["ice-credential"], options["relay-only"]
+        ),
         record=options["record"],
         echo=options["echo"],
         stats_interval=options["stats-interval"],

@@ -9,6 +9,8 @@
   const STORAGE_NAME = "pcsignal.name";
   const STORAGE_SERVER = "pcsignal.server";
   const STATS_INTERVAL_MS = 1000;
+  // TURN credentials are asked for again once half their lifetime is gone.
+  const ICE_REFRESH_SHARE = 0.5;
 
   const $ = (id) => document.getElementById(id);
 
@@ -25,6 +27,7 @@
     stats: null,
     statsTimer: null,
     resumeName: null, // signed out by pagehide; sign in again if the page comes back
+    ice: null, // Promise of {iceServers, ttl, fetched} from the server's /ice-servers
   };
 
   // -- small view helpers ------------------------------------------------------
@@ -64,9 +67,21 @@
   }
 
   function initials(name) {
-    const words = name.trim().split(/\s+/).filter(Boolean);
+    // Format characters (bidi controls, isolate marks) are invisible: skip them.
+    const words = name.replace(/\p{Cf}/gu, "").trim().split(/\s+/).filter(Boolean);
     const letters = words.slice(0, 2).map((w) => Array.from(w)[0]);
     return (letters.join("") || "?").toUpperCase();
+  }
+
+  // A name with right-to-left letters or bidi controls could reorder the
+  // words of a sentence around it ("Calling \u202egnp.exe…" reads "Calling
+  // …exe.png"): such a name is shown between isolate marks (FSI … PDI), which
+  // confine its direction to itself.  Names are only ever shown as text.
+  const BIDI =
+    /[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u{10800}-\u{10fff}\u{1e800}-\u{1efff}]/u;
+
+  function shown(name) {
+    return BIDI.test(name) ? "\u2068" + name + "\u2069" : name;
   }
 
   function hue(text) {
@@ -222,8 +237,10 @@
     showStat("stats-out", pcsignal.formatVideo(sample.outbound));
     showStat("stats-rtt", {
       rate: sample.rttMs === null ? "–" : Math.round(sample.rttMs) + " ms",
-      detail: "ICE round trip",
+      detail: sample.path === "relay" ? "ICE round trip · via TURN relay"
+        : sample.path === "direct" ? "ICE round trip · direct" : "ICE round trip",
     });
+    if (sample.path) $("stats").dataset.path = sample.path;
     const frames = sample.inbound ? sample.inbound.frames : 0;
     $("stats").dataset.framesDecoded = String(frames);
   }
@@ -255,7 +272,34 @@
     $("idle").hidden = false;
     for (const id of ["stats-in", "stats-out", "stats-rtt"]) showStat(id, { rate: "–", detail: "" });
     delete $("stats").dataset.framesDecoded;
+    delete $("stats").dataset.path;
     setChatEnabled(false);
+  }
+
+  // -- ICE servers -------------------------------------------------------------------------
+
+  function fetchIceServers(client) {
+    const fetched = Date.now();
+    return client.iceServers().then((ice) => Object.assign(ice, { fetched: fetched }));
+  }
+
+  /** The ICE servers for a new call: those fetched at sign-in, or fresh ones once they age. */
+  async function iceForCall(client) {
+    let ice = await (state.ice || (state.ice = fetchIceServers(client)));
+    if (ice.ttl && Date.now() - ice.fetched > ice.ttl * 1000 * ICE_REFRESH_SHARE) {
+      state.ice = fetchIceServers(client);
+      ice = await state.ice;
+    }
+    return ice;
+  }
+
+  /** Relay only: the page setting, on by default with ?relay=1 in the address. */
+  function relayOnly() {
+    return $("relay-only").checked;
+  }
+
+  function hasTurn(iceServers) {
+    return iceServers.some((server) => server.urls.some((url) => /^turns?:/i.test(url)));
   }
 
   // -- calls ------------------------------------------------------------------------------
@@ -313,14 +357,20 @@
       ? peer.name + " is calling. Starting your camera…"
       : "Starting your camera…";
     announce(offerText ? "Incoming call from " + peer.name + "." : "Calling " + peer.name + ".");
-    const media = await pcsignal.getLocalMedia();
+    const client = state.client;
+    const [media, ice] = await Promise.all([pcsignal.getLocalMedia(), iceForCall(client)]);
     if (media.error) showBanner(media.error, "warning");
+    if (relayOnly() && !hasTurn(ice.iceServers)) {
+      showBanner("Relay only is on, but the server offers no TURN relay: this call cannot connect.", "warning");
+    }
     if (state.call !== placeholder) {
       if (media.stream) media.stream.getTracks().forEach((t) => t.stop());
       return;
     }
-    const client = state.client;
-    const call = new pcsignal.Call(peer, client.id, (text) => client.send(peerId, text), media.stream);
+    const call = new pcsignal.Call(peer, client.id, (text) => client.send(peerId, text), media.stream, {
+      iceServers: ice.iceServers,
+      relayOnly: relayOnly(),
+    });
     attachCall(call);
     if (placeholder.pending.length) {
       for (const text of placeholder.pending) call.receive(text);
@@ -393,10 +443,10 @@
   function onPeer(event) {
     const entry = event.detail;
     if (entry.connected) {
-      state.peers.set(entry.id, entry.name);
-      announce(entry.name + " is online.");
+      state.peers.set(entry.id, shown(entry.name));
+      announce(shown(entry.name) + " is online.");
     } else {
-      const name = state.peers.get(entry.id) || entry.name;
+      const name = state.peers.get(entry.id) || shown(entry.name);
       state.peers.delete(entry.id);
       announce(name + " went offline.");
       const call = state.call;
@@ -421,6 +471,7 @@
     if (state.call instanceof pcsignal.Call) state.call.hangUp(false, "Signed out.");
     state.call = null;
     state.client = null;
+    state.ice = null;
     state.peers.clear();
     renderPeers();
     showSignedIn(false);
@@ -445,7 +496,8 @@
     try {
       const peers = await client.signIn(name);
       state.client = client;
-      state.peers = new Map(peers.map((p) => [p.id, p.name]));
+      state.peers = new Map(peers.map((p) => [p.id, shown(p.name)]));
+      state.ice = fetchIceServers(client);
     } catch (e) {
       showBanner(e.message, "error", { label: "Try again", run: () => signIn() });
       return;
@@ -467,7 +519,7 @@
     client.addEventListener("reachable", () => {
       if (state.client !== client) return;
       document.body.classList.remove("offline");
-      $("presence-text").textContent = client.name;
+      $("presence-text").textContent = shown(client.name);
       hideBanner();
       announce("Connected to the server again.");
     });
@@ -477,11 +529,11 @@
       endSession();
       showBanner(e.detail.reason, "error", { label: "Sign in again", run: () => signIn() });
     });
-    $("presence-text").textContent = client.name;
+    $("presence-text").textContent = shown(client.name);
     showSignedIn(true);
     renderPeers();
     renderCallState();
-    announce("Signed in as " + client.name + ".");
+    announce("Signed in as " + shown(client.name) + ".");
     $("main").focus({ preventScroll: true });
   }
 
@@ -524,7 +576,9 @@
   function init() {
     $("name").value = storage(STORAGE_NAME) || "";
     $("server").value = storage(STORAGE_SERVER) || defaultServer();
-    if ($("server").value !== defaultServer()) $("server-details").open = true;
+    const relay = new URLSearchParams(location.search).get("relay");
+    $("relay-only").checked = relay !== null && relay !== "0" && relay !== "false";
+    if ($("server").value !== defaultServer() || relayOnly()) $("server-details").open = true;
     $("signin-form").addEventListener("submit", signIn);
     $("sign-out").addEventListener("click", signOut);
     $("hang-up").addEventListener("click", hangUp);

@@ -81,18 +81,38 @@
     };
   }
 
+  /**
+   * A new RTCPeerConnection for these ICE servers; relayOnly: TURN relay
+   * candidates only (hides our addresses, proves the relay works).
+   */
+  function newPeerConnection(iceServers, relayOnly) {
+    const config = {
+      iceServers: iceServers,
+      iceTransportPolicy: relayOnly ? "relay" : "all",
+      bundlePolicy: "max-bundle",
+    };
+    try {
+      return new RTCPeerConnection(config);
+    } catch (e) {
+      // A server entry this browser rejects must not stop the call.
+      console.warn("pcsignal: ICE servers refused, calling without them", e);
+      return new RTCPeerConnection(Object.assign(config, { iceServers: [] }));
+    }
+  }
+
   class Call extends EventTarget {
     /**
      * peer: {id, name}; localId: our own peer id; send(text) -> Promise posts
-     * a message to that peer; localStream may be null (receive only).
+     * a message to that peer; localStream may be null (receive only);
+     * ice: {iceServers, relayOnly}, or nothing for direct connections only.
      */
-    constructor(peer, localId, send, localStream) {
+    constructor(peer, localId, send, localStream, ice) {
       super();
       this.peer = peer;
       this.localId = localId;
       this.localStream = localStream;
       this._send = send;
-      this._pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: "max-bundle" });
+      this._pc = newPeerConnection((ice && ice.iceServers) || [], Boolean(ice && ice.relayOnly));
       this._channel = null;
       this._descriptionSent = false;
       this._localCandidates = [];

@@ -18,6 +18,7 @@
 
   const RETRY_FIRST_MS = 500;
   const RETRY_MAX_MS = 8000;
+  const ICE_SERVERS_TIMEOUT_MS = 5000;
 
   /** Parse "name,id,connected\n" lines; the name is all before the last two commas. */
   function parseEntries(text) {
@@ -40,6 +41,29 @@
     let url = text.trim();
     if (!/^https?:\/\//i.test(url)) url = "http://" + url;
     return url.replace(/\/+$/, "");
+  }
+
+  /**
+   * The entries of an RTCConfiguration-shaped iceServers list that
+   * RTCPeerConnection accepts: STUN/TURN URLs, TURN credentials as strings.
+   * Anything else is dropped, so that an odd answer cannot break a call.
+   */
+  function usableIceServers(list) {
+    const servers = [];
+    for (const entry of Array.isArray(list) ? list : []) {
+      if (!entry || typeof entry !== "object") continue;
+      const urls = (Array.isArray(entry.urls) ? entry.urls : [entry.urls]).filter(
+        (url) => typeof url === "string" && /^(stuns?|turns?):[^\s]+$/i.test(url)
+      );
+      if (!urls.length) continue;
+      const server = { urls: urls };
+      if (typeof entry.username === "string") server.username = entry.username;
+      if (typeof entry.credential === "string") server.credential = entry.credential;
+      const isTurn = urls.some((url) => /^turns?:/i.test(url));
+      if (isTurn && (server.username === undefined || server.credential === undefined)) continue;
+      servers.push(server);
+    }
+    return servers;
   }
 
   class PeerGoneError extends Error {}
@@ -144,6 +168,30 @@
     }
 
     /**
+     * GET /ice-servers: pcsignal's STUN and TURN servers (with TURN
+     * credentials) for our calls, as {iceServers, ttl}.  A server without
+     * that path (the reference answers 500), an error or an odd answer give
+     * no servers: calls then use direct connections only.
+     */
+    async iceServers() {
+      const none = { iceServers: [], ttl: null };
+      if (this.id === null) return none;
+      try {
+        const response = await fetch(this.server + "/ice-servers?peer_id=" + this.id, {
+          cache: "no-store",
+          // A call waits for this answer: a server that never gives one must not hold it up.
+          signal: AbortSignal.timeout(ICE_SERVERS_TIMEOUT_MS),
+        });
+        if (!response.ok) return none;
+        const body = await response.json();
+        const ttl = Number(body && body.ttl);
+        return { iceServers: usableIceServers(body && body.iceServers), ttl: ttl > 0 ? ttl : null };
+      } catch (e) {
+        return none;
+      }
+    }
+
+    /**
      * POST /message, queued behind every earlier send so that order is kept.
      * Rejects with PeerGoneError when the server does not know the target.
      */
@@ -210,6 +258,7 @@
 
   pcsignal.parseEntries = parseEntries;
   pcsignal.normaliseServerUrl = normaliseServerUrl;
+  pcsignal.usableIceServers = usableIceServers;
   pcsignal.PeerGoneError = PeerGoneError;
   pcsignal.SignalingClient = SignalingClient;
 })((window.pcsignal = window.pcsignal || {}));

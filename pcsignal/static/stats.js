@@ -46,12 +46,14 @@
     }
 
     /**
-     * {inbound, outbound, rttMs}: inbound/outbound are the video streams as
-     * {bitrate, width, height, fps, frames} (frames decoded or encoded), or null.
+     * {inbound, outbound, rttMs, path}: inbound/outbound are the video streams
+     * as {bitrate, width, height, fps, frames} (frames decoded or encoded), or
+     * null; path is "relay" when our end of the media path is a TURN relay,
+     * "direct" otherwise, null before there is one.
      */
     async sample() {
       const report = await this._pc.getStats();
-      const result = { inbound: null, outbound: null, rttMs: null };
+      const result = { inbound: null, outbound: null, rttMs: null, path: null };
       report.forEach((stat) => {
         if (stat.kind !== "video" && stat.type !== "candidate-pair") return;
         if (stat.type === "inbound-rtp") {
@@ -60,6 +62,8 @@
           result.outbound = this._video(stat, stat.bytesSent, stat.framesEncoded);
         } else if (stat.type === "candidate-pair" && stat.nominated && stat.state === "succeeded") {
           if (stat.currentRoundTripTime !== undefined) result.rttMs = stat.currentRoundTripTime * 1000;
+          const local = report.get(stat.localCandidateId);
+          if (local) result.path = local.candidateType === "relay" ? "relay" : "direct";
         }
       });
       return result;
