@@ -9,7 +9,9 @@ for ``twistd --logger pcsignal.logs.json``: one JSON object per line on
 stdout, which journald and log shippers take as is.
 """
 
+import re
 import sys
+from typing import Union
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -41,3 +43,21 @@ def logger(namespace: str) -> Logger:
 
 def json():
     return jsonFileLogObserver(sys.stdout, recordSeparator="")
+
+
+# A client-supplied field in a log line is cut to this many characters.
+LOG_FIELD_CHARS = 200
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def clip(field: Union[bytes, str], limit: int = LOG_FIELD_CHARS) -> str:
+    """
+    A client-supplied field fit for a log line (a method, path, header or
+    peer name): control characters escaped, cut to ``limit`` characters with
+    its full length noted.
+    """
+    text = field.decode("latin-1") if isinstance(field, bytes) else field
+    shown = _UNPRINTABLE.sub(lambda m: "\\x%02x" % (ord(m.group()),), text[:limit])
+    if len(text) > limit:
+        shown += "...(%d %s)" % (len(field), "bytes" if isinstance(field, bytes) else "characters")
+    return shown

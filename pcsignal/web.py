@@ -26,6 +26,7 @@ from twisted.web.http import HTTPChannel
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from zope.interface import implementer
 
+from pcsignal.logs import clip
 from pcsignal import ice, logs, __version__, protocol
 from pcsignal.listeners import describe
 from pcsignal.ratelimit import TokenBuckets, address_key, retry_after
@@ -88,28 +89,6 @@ MAX_HEADERS = 100  # header lines: beyond it, 431
 MAX_HEADER_NAME = 256
 # A Content-Length line longer than this announces more than 10^18 bytes.
 _LONGEST_LENGTH_LINE = len(b"Content-Length: ") + 18 + 64  # spaces allowed around the value
-# A client-supplied field in a log line is cut to this many characters.
-LOG_FIELD_CHARS = 200
-
-
-def clip(field: bytes, limit: int = LOG_FIELD_CHARS) -> str:
-    """
-    A client-supplied field fit for a log line: control characters escaped,
-    cut to ``limit`` characters with its full length noted.
-    """
-    text = _UNPRINTABLE.sub(_escape, field[:limit].decode("latin-1"))
-    if len(field) > limit:
-        text += "...(%d bytes)" % (len(field),)
-    return text
-
-
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def _escape(match) -> str:
-    return "\\x%02x" % (ord(match.group()),)
-
-
 def head(
     code: int,
     reason: bytes,

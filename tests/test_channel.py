@@ -525,3 +525,17 @@ async def test_queued_message_bytes_are_capped_for_the_whole_server(harness):
     await channel.post(1, 3, None, b"!")
     await channel.sign_out(3)  # its queued bodies go with it
     assert channel.queued_bytes == 0
+
+
+def test_long_names_are_clipped_in_log_lines(harness):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        channel = harness.make()
+        channel.sign_in(b"n" * 512)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if "sign-in" in e.get("log_format", "")]
+    assert lines and all(len(line) < 300 and "(512 characters)" in line for line in lines), lines

@@ -7,7 +7,6 @@ cap, the sign-in rate limit, log lines).  What only a process shows
 tests.
 """
 
-import re
 import time
 
 import pytest

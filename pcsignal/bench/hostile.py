@@ -37,7 +37,7 @@ import aiohttp
 import psutil
 
 import pcsignal
-from pcsignal.bench.peers import FAILURES, SignalingError, describe, new_session
+from pcsignal.bench.peers import FAILURES, describe
 from pcsignal.options import non_negative_float, positive_float, positive_int
 
 SCENARIOS = ("fuzz", "churn", "soak")

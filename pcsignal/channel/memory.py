@@ -153,7 +153,7 @@ class MemoryChannel:
         self._arm_timeout(member)
         self._drop_slow(dropped)
         self.log.info("sign-in {name!r} as {peer_id} ({count} peers)",
-                      name=member.name, peer_id=peer_id, count=len(self._members))
+                      name=logs.clip(member.name), peer_id=peer_id, count=len(self._members))
         if self.metrics:
             self.metrics.sign_ins.inc()
         return succeed(SignedIn(peer_id, body, member.token))
@@ -349,7 +349,7 @@ class MemoryChannel:
             member.returned.clear()
             member.presence.clear()
             self.log.info("{why}: {name!r} ({peer_id}), {count} peers left",
-                          why=why, name=member.name, peer_id=member.peer_id,
+                          why=why, name=logs.clip(member.name), peer_id=member.peer_id,
                           count=len(self._members))
             for slow in self._notify_all(notification(member.name, member.peer_id, False)):
                 pending.append((slow, "dropped (mailbox full)"))
