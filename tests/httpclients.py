@@ -90,6 +90,16 @@ def read_answer(sock, data=b"") -> tuple[Answer, bytes]:
         data += chunk
 
 
+def read_to_end(sock) -> bytes:
+    """Everything the server sends until it closes its side."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def reset(sock):
     """Close with SO_LINGER 0: the kernel sends RST, as for a killed client."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -133,6 +143,36 @@ def parked_waits_become(url, count, timeout=5):
     deadline = time.monotonic() + timeout
     while b"pcsignal_parked_waits %d.0" % count not in native(url, "GET", "/metrics").body:
         assert time.monotonic() < deadline, "parked waits never became %d" % count
+
+
+class Peer:
+    """A signed-in peer driven by the native-style client."""
+
+    def __init__(self, url, name="peer"):
+        self.url = url
+        answer = native(url, "GET", "/sign_in?" + name)
+        assert answer.status == 200
+        self.id = answer.pragma
+        self.list = answer.body
+
+    def wait(self, timeout=10):
+        return native(self.url, "GET", "/wait?peer_id=%d" % self.id, timeout=timeout)
+
+    def send(self, to, body, content_type=b"text/plain"):
+        return native(self.url, "POST", "/message?peer_id=%d&to=%d" % (self.id, to), body,
+                      content_type)
+
+    def sign_out(self):
+        return native(self.url, "GET", "/sign_out?peer_id=%d" % self.id)
+
+    def drain_until(self, body):
+        """Read this peer's mailbox until an item with this body arrives."""
+        for _ in range(100):
+            item = self.wait()
+            assert item.status == 200
+            if item.body == body:
+                return item
+        raise AssertionError("never received %r" % body)
 
 
 class Browser:

@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import LISTENING, TwistdProcess, start_pcsignal
 from deploy_support import write_certificate_chain
-from httpclients import address, native, parked_waits_become, read_answer, reset
+from httpclients import (Peer, address, native, parked_waits_become, read_answer, read_to_end,
+                         reset)
 from pcsignal.settle import QUIET_SECONDS
 
 MAX_BODY = 256 * 1024
@@ -68,19 +69,9 @@ def until_readable(sock, timeout=10):
     assert select.select([sock], [], [], timeout)[0], "no answer within %ss" % (timeout,)
 
 
-class Peer:
-    def __init__(self, url, name="peer"):
-        self.url = url
-        answer = native(url, "GET", "/sign_in?" + name)
-        assert answer.status == 200
-        self.id = answer.pragma
-
-    def send(self, to, body):
-        answer = native(self.url, "POST", "/message?peer_id=%d&to=%d" % (self.id, to), body)
-        assert answer.status == 200, answer
-
-    def sign_out(self):
-        native(self.url, "GET", "/sign_out?peer_id=%d" % self.id)
+def send(sender, to, body):
+    answer = sender.send(to, body)
+    assert answer.status == 200, answer
 
 
 @pytest.fixture
@@ -88,7 +79,7 @@ def pair(url):
     """A sender and a receiver that has already read its notification about the sender."""
     receiver = Peer(url, "receiver")
     sender = Peer(url, "sender")
-    assert native(url, "GET", "/wait?peer_id=%d" % receiver.id).body.startswith(b"sender,")
+    assert receiver.wait().body.startswith(b"sender,")
     yield sender, receiver
     sender.sign_out()
     receiver.sign_out()
@@ -104,15 +95,15 @@ def messages(count, size=40, tag=b"m"):
 def test_reset_after_the_answer_arrived_sends_it_again(url, pair):
     sender, receiver = pair
     first, second = messages(2)
-    sender.send(receiver.id, first)
+    send(sender, receiver.id, first)
     before = settled(url)
     sock = connect(url)
     sock.sendall(wait_request(receiver.id))
     until_readable(sock)
     reset(sock)  # killed with the answer unread in its buffer
-    assert native(url, "GET", "/wait?peer_id=%d" % receiver.id).body == first
-    sender.send(receiver.id, second)
-    assert native(url, "GET", "/wait?peer_id=%d" % receiver.id).body == second
+    assert receiver.wait().body == first
+    send(sender, receiver.id, second)
+    assert receiver.wait().body == second
     assert moved(before, settled(url)).get(("unread", "reset"), 0) + \
         moved(before, settled(url)).get(("unread", "new_wait"), 0) == 1
 
@@ -120,14 +111,14 @@ def test_reset_after_the_answer_arrived_sends_it_again(url, pair):
 def test_half_read_then_reset_sends_it_again(url, pair):
     sender, receiver = pair
     big = b"x" * 20000
-    sender.send(receiver.id, big)
+    send(sender, receiver.id, big)
     sock = connect(url)
     sock.sendall(wait_request(receiver.id))
     got = b""
     while len(got) < 10000:
         got += sock.recv(10000 - len(got))
     reset(sock)
-    again = native(url, "GET", "/wait?peer_id=%d" % receiver.id)
+    again = receiver.wait()
     assert again.body == big and again.pragma == sender.id
 
 
@@ -138,10 +129,10 @@ def test_native_client_reads_and_closes_without_delay(url, pair):
     sender, receiver = pair
     sent = messages(20)
     for body in sent:
-        sender.send(receiver.id, body)
+        send(sender, receiver.id, body)
     before = settled(url)
     started = time.monotonic()
-    got = [native(url, "GET", "/wait?peer_id=%d" % receiver.id).body for _ in sent]
+    got = [receiver.wait().body for _ in sent]
     assert time.monotonic() - started < QUIET_SECONDS
     assert got == sent
     change = moved(before, settled(url))
@@ -153,7 +144,7 @@ def test_keep_alive_client_reads_in_order(url, pair):
     sender, receiver = pair
     sent = messages(20)
     for body in sent:
-        sender.send(receiver.id, body)
+        send(sender, receiver.id, body)
     before = settled(url)
     sock = connect(url)
     started = time.monotonic()
@@ -165,8 +156,8 @@ def test_keep_alive_client_reads_in_order(url, pair):
     assert time.monotonic() - started < QUIET_SECONDS
     assert got == sent
     sock.close()  # the last answer: settled by the clean close
-    sender.send(receiver.id, b"after")
-    assert native(url, "GET", "/wait?peer_id=%d" % receiver.id).body == b"after"
+    send(sender, receiver.id, b"after")
+    assert receiver.wait().body == b"after"
     change = moved(before, settled(url))
     assert change[("read", "next_request")] == len(sent) - 1, change
     assert not any(outcome == "unread" for outcome, _ in change), change
@@ -178,7 +169,7 @@ def test_next_wait_on_a_second_connection_while_the_first_stays_open(url, pair):
     sender, receiver = pair
     sent = messages(20)
     for body in sent:
-        sender.send(receiver.id, body)
+        send(sender, receiver.id, body)
     before = settled(url)
     socks = [connect(url), connect(url)]
     started = time.monotonic()
@@ -201,26 +192,20 @@ def test_silent_connection_counts_as_read_after_the_quiet_bound(url, pair):
     HTTP/1.0 client that reads to the end of the stream gets it at once:
     the server half-closes right after the answer."""
     sender, receiver = pair
-    sender.send(receiver.id, b"silent")
+    send(sender, receiver.id, b"silent")
     before = settled(url)
     sock = connect(url)
     sock.sendall(wait_request(receiver.id))
     started = time.monotonic()
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    assert data.endswith(b"\r\n\r\nsilent")
+    assert read_to_end(sock).endswith(b"\r\n\r\nsilent")
     assert time.monotonic() - started < QUIET_SECONDS
     deadline = started + QUIET_SECONDS + 10
     while ("read", "quiet") not in moved(before, settled(url)):
         assert time.monotonic() < deadline
     assert time.monotonic() - started >= QUIET_SECONDS - 0.1
     sock.close()
-    sender.send(receiver.id, b"next")
-    assert native(url, "GET", "/wait?peer_id=%d" % receiver.id).body == b"next"
+    send(sender, receiver.id, b"next")
+    assert receiver.wait().body == b"next"
 
 
 def test_close_before_the_whole_answer_arrived_is_not_read(url, pair):
@@ -229,7 +214,7 @@ def test_close_before_the_whole_answer_arrived_is_not_read(url, pair):
     it half-closes, then closes with the rest unread (reset)."""
     sender, receiver = pair
     big = bytes(random.Random(1).randrange(256) for _ in range(12000))
-    sender.send(receiver.id, big)
+    send(sender, receiver.id, big)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
     sock.settimeout(10)
@@ -239,7 +224,7 @@ def test_close_before_the_whole_answer_arrived_is_not_read(url, pair):
     sock.shutdown(socket.SHUT_WR)  # FIN, acknowledging only what fitted
     result = {}
     waiter = threading.Thread(target=lambda: result.setdefault(
-        "next", native(url, "GET", "/wait?peer_id=%d" % receiver.id)))
+        "next", receiver.wait()))
     waiter.start()
     parked_waits_become(url, 1)  # the new /wait waits for the settlement
     reset(sock)
@@ -251,15 +236,15 @@ def test_sigterm_settles_at_once_answers_parked_waits_and_exits(run_twistd):
     proc, url = start_pcsignal(run_twistd)
     parked, silent, sender = Peer(url, "parked"), Peer(url, "silent"), Peer(url, "sender")
     for peer in (parked, silent):
-        while native(url, "GET", "/wait?peer_id=%d" % peer.id).body != b"sender,%d,1\n" % sender.id:
+        while peer.wait().body != b"sender,%d,1\n" % sender.id:
             pass
-    sender.send(silent.id, b"unsettled")
+    send(sender, silent.id, b"unsettled")
     keep_alive = connect(url)
     keep_alive.sendall(wait_request(silent.id, http11=True))
     assert read_answer(keep_alive)[0].body == b"unsettled"  # and then says nothing
     answers = []
     waiter = threading.Thread(
-        target=lambda: answers.append(native(url, "GET", "/wait?peer_id=%d" % parked.id)))
+        target=lambda: answers.append(parked.wait()))
     waiter.start()
     parked_waits_become(url, 1)
     started = time.monotonic()
@@ -300,45 +285,41 @@ class TwoConnections:
         return read_answer(sock)[0]
 
 
-def resets_every_other_answer(url, peer_id, i):
-    if i % 2:
-        return reads_and_closes(url, peer_id, i)
-    sock = connect(url)
-    sock.sendall(wait_request(peer_id))
-    until_readable(sock)
-    reset(sock)
-    return None
+def every_other_wait(misbehave):
+    """
+    Reads and closes on odd turns; on even ones sends its /wait on a
+    connection of its own, does ``misbehave(sock)`` and resets it.
+    """
+
+    def read(url, peer_id, i):
+        if i % 2:
+            return reads_and_closes(url, peer_id, i)
+        sock = connect(url)
+        sock.sendall(wait_request(peer_id))
+        misbehave(sock)
+        reset(sock)
+        return None
+
+    return read
 
 
-def reads_half_of_every_other_answer(url, peer_id, i):
-    if i % 2:
-        return reads_and_closes(url, peer_id, i)
-    sock = connect(url)
-    sock.sendall(wait_request(peer_id))
+def reads_half(sock):
     until_readable(sock)
     sock.recv(100)
-    reset(sock)
-    return None
 
 
-def abandons_every_other_wait(url, peer_id, i):
+def waits_5_ms(sock):
     """Reset 5 ms after sending: parked, being answered or answered."""
-    if i % 2:
-        return reads_and_closes(url, peer_id, i)
-    sock = connect(url)
-    sock.sendall(wait_request(peer_id))
     time.sleep(0.005)  # the client's own behaviour, not synchronisation
-    reset(sock)
-    return None
 
 
 BEHAVIOURS = {
     "reads and closes": lambda url: reads_and_closes,
     "keep-alive": KeepAlive,
     "two connections": TwoConnections,
-    "resets every other answer": lambda url: resets_every_other_answer,
-    "reads half of every other answer": lambda url: reads_half_of_every_other_answer,
-    "abandons every other wait": lambda url: abandons_every_other_wait,
+    "resets every other answer": lambda url: every_other_wait(until_readable),
+    "reads half of every other answer": lambda url: every_other_wait(reads_half),
+    "abandons every other wait 5 ms after sending": lambda url: every_other_wait(waits_5_ms),
 }
 
 
@@ -361,10 +342,10 @@ def test_many_clients_of_every_kind_at_once(url):
         except Exception as e:  # reported below
             failures.append("%s %d after %d: %r" % (kind, receiver.id, len(got), e))
 
-    def send(sender, receiver, bodies):
+    def post_all(sender, receiver, bodies):
         try:
             for body in bodies:
-                sender.send(receiver.id, body)
+                send(sender, receiver.id, body)
         except Exception as e:
             failures.append("sender: %r" % (e,))
 
@@ -372,7 +353,7 @@ def test_many_clients_of_every_kind_at_once(url):
               for (_, receiver), sender in zip(receivers, senders)}
     threads = [threading.Thread(target=receive, args=(kind, receiver, wanted[receiver.id]))
                for kind, receiver in receivers]
-    threads += [threading.Thread(target=send, args=(sender, receiver, wanted[receiver.id]))
+    threads += [threading.Thread(target=post_all, args=(sender, receiver, wanted[receiver.id]))
                 for (_, receiver), sender in zip(receivers, senders)]
     for t in threads:
         t.start()
