@@ -52,42 +52,43 @@ def address(url):
     return parts.hostname, parts.port
 
 
+def answer_end(data: bytes):
+    """Where the first whole answer in data ends (by its Content-Length), or None."""
+    head, sep, _ = data.partition(b"\r\n\r\n")
+    if sep:
+        length = re.search(rb"\r\nContent-Length: (\d+)", head + b"\r\n")
+        if length and len(data) >= len(head) + 4 + int(length.group(1)):
+            return len(head) + 4 + int(length.group(1))
+    return None
+
+
 def native_raw(url, request: bytes, timeout=10) -> bytes:
-    """Send raw request bytes on a new connection; read the whole answer."""
+    """
+    Send raw request bytes on a new connection; read the whole answer (by
+    its Content-Length, as the native client does) or to the end of the stream.
+    """
     sock = socket.create_connection(address(url), timeout=timeout)
     try:
         sock.sendall(request)
         data = b""
-        while True:
+        while answer_end(data) is None:
             chunk = sock.recv(65536)
             if not chunk:
-                return data
+                break
             data += chunk
-            head, sep, _ = data.partition(b"\r\n\r\n")
-            if sep and b"\r\nConnection: close" in head + b"\r\n":
-                length = re.search(rb"\r\nContent-Length: (\d+)", head)
-                if length and len(data) >= len(head) + 4 + int(length.group(1)):
-                    return data
-            elif sep:
-                length = re.search(rb"\r\nContent-Length: (\d+)", head)
-                if length and len(data) >= len(head) + 4 + int(length.group(1)):
-                    return data  # keep-alive answer complete
+        return data
     finally:
         sock.close()
 
 
 def read_answer(sock, data=b"") -> tuple[Answer, bytes]:
-    """Read one whole answer (by its Content-Length) from sock; (answer, bytes after it)."""
-    while True:
-        head, sep, _ = data.partition(b"\r\n\r\n")
-        if sep:
-            length = re.search(rb"\r\nContent-Length: (\d+)", head + b"\r\n")
-            end = len(head) + 4 + int(length.group(1))
-            if len(data) >= end:
-                return parse_answer(data[:end]), data[end:]
+    """Read one whole answer from sock; (answer, bytes after it)."""
+    while answer_end(data) is None:
         chunk = sock.recv(65536)
         assert chunk, "connection closed after %d bytes of an answer" % (len(data),)
         data += chunk
+    end = answer_end(data)
+    return parse_answer(data[:end]), data[end:]
 
 
 def read_to_end(sock) -> bytes:
