@@ -31,6 +31,7 @@ MAX_BODY = 256 * 1024
 def url():
     proc = TwistdProcess("pcsignal", [
         "--listen", "tcp:0:interface=127.0.0.1", "--max-message-bytes", str(MAX_BODY),
+        "--sign-in-rate", "0",  # some 80 sign-ins from one address
     ])
     m = proc.wait_for_log(LISTENING)
     yield "http://127.0.0.1:%s" % m.group("port")
