@@ -64,6 +64,7 @@ _log = logs.logger("pcsignal.web")
 
 READ, UNREAD = True, False
 OPEN, CLOSED, RESET = "open", "closed", "reset"
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # once: IntFlag's | is slow
 
 
 def os_socket(transport) -> Optional[socket.socket]:
@@ -83,7 +84,7 @@ def socket_state(sock: Optional[socket.socket]) -> str:
     if sock is None:
         return OPEN  # nothing to look at: no evidence against reading
     try:
-        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        data = sock.recv(1, _PEEK)
     except BlockingIOError:
         return OPEN
     except (OSError, ValueError):  # ECONNRESET, or already closed
