@@ -143,6 +143,8 @@ class IChannel(Interface):
     waiting_count = Attribute("Number of parked waits.")
     queued_count = Attribute("Items held for all peers: queued, requeued or in flight.")
     queued_bytes = Attribute("Bytes of message bodies held for all peers.")
+    problem = Attribute("None while the channel can serve; else why not, in a few words "
+                        "(/healthz answers 503 with it).")
 
     def sign_in(raw_name: bytes) -> Deferred:
         """

@@ -116,6 +116,7 @@ class MemoryChannel:
     """
 
     log = logs.logger("pcsignal.channel")
+    problem = None  # nothing outside this process can fail it
 
     def __init__(
         self,
