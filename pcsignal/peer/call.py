@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaRecorder, MediaRelay
+from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription as ParsedSdp
 from aiortc.sdp import candidate_from_sdp
@@ -47,6 +47,7 @@ from pcsignal import logs, protocol
 from pcsignal.peer.framework import api_future
 from pcsignal.peer.ice import ice_configuration
 from pcsignal.peer.media import CountingTrack, SharedSource
+from pcsignal.peer.recorder import CallRecorder
 from pcsignal.peer.recording import KINDS, RECORDABLE_KINDS, recording_path
 
 #: Received-frame counts that get an info log line (tests wait for them).
@@ -93,8 +94,8 @@ class Call:
         self.ended: asyncio.Future = loop.create_future()
         self.first_frame: dict[str, asyncio.Future] = {kind: loop.create_future() for kind in KINDS}
         self._source_proxies: dict[str, MediaStreamTrack] = {}
-        self._recorder: Optional[MediaRecorder] = None
-        self._recorder_started = False
+        self._recorder: Optional[CallRecorder] = None
+        self._recorder_failed = False
         self._sinks: list[asyncio.Task] = []
         self._stats_task: Optional[asyncio.Task] = None
         self._watched_transports: set[int] = set()
@@ -143,12 +144,10 @@ class Call:
         self.log.info("sending answer to {label}", label=self.label)
         self.manager.send(self.peer_id, protocol.SessionDescription("answer", self.pc.localDescription.sdp))
         self._log_codecs(self.pc.localDescription.sdp)
-        await self._start_recorder()
 
     async def accept_answer(self, sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         self._log_codecs(sdp)
-        await self._start_recorder()
 
     async def add_candidate(self, message: protocol.IceCandidate) -> None:
         text = message.candidate.strip()
@@ -195,35 +194,38 @@ class Call:
             return
         self.log.info("receiving {kind} from {label}", kind=kind, label=self.label)
         counted = self.received[kind] = CountingTrack(track, self._on_received_frame)
-        consumers = []
-        if self.config.echo:
-            consumers.append("echo")
-        if self.config.record and kind in RECORDABLE_KINDS[_extension(self.config.record)] and not self._recorder_started:
-            consumers.append("record")
-        relay = MediaRelay() if len(consumers) > 1 else None
-        for consumer in consumers:
+        record = self.config.record is not None and kind in RECORDABLE_KINDS[_extension(self.config.record)]
+        echo_feed = record_feed = counted
+        if self.config.echo and record:
             # The recorder must not drop frames; echo wants the latest one.
-            feed = relay.subscribe(counted, buffered=consumer == "record") if relay else counted
-            if consumer == "echo":
-                self.sent[kind] = CountingTrack(feed)
-                self.pc.addTrack(self.sent[kind])
-            else:
-                self._recorder_for_call().addTrack(feed)
-        if not consumers:
-            # Decode and count even when nothing uses the media.
-            self._sinks.append(asyncio.ensure_future(_drain(counted)))
+            relay = MediaRelay()
+            echo_feed, record_feed = relay.subscribe(counted, buffered=False), relay.subscribe(counted, buffered=True)
+        if self.config.echo:
+            self.sent[kind] = CountingTrack(echo_feed)
+            self.pc.addTrack(self.sent[kind])
+        if record and not self._record(record_feed) or not record and not self.config.echo:
+            # Decode and count even when nothing (else) reads the track.
+            self._sinks.append(asyncio.ensure_future(_drain(record_feed)))
 
-    def _recorder_for_call(self) -> MediaRecorder:
+    def _record(self, track: MediaStreamTrack) -> bool:
+        """Record a received track (read from now on by the recorder); False if it cannot be."""
         if self._recorder is None:
-            self.recording = recording_path(self.config.record, self.peer_name, self.peer_id)
-            self._recorder = MediaRecorder(self.recording)
-        return self._recorder
-
-    async def _start_recorder(self) -> None:
-        if self._recorder is not None and not self._recorder_started:
-            self._recorder_started = True
-            await self._recorder.start()
-            self.log.info("recording call with {label} to {path}", label=self.label, path=self.recording)
+            if self._recorder_failed:
+                return False  # said once already
+            try:
+                path = recording_path(self.config.record, self.peer_name, self.peer_id)
+                self._recorder = CallRecorder(path, self.log, "the call with " + self.label)
+            except Exception as e:
+                self._recorder_failed = True
+                self.log.error("cannot record the call with {label}: {e}", label=self.label, e=e)
+                return False
+            self.recording = path
+            self.log.info("recording call with {label} to {path}", label=self.label, path=path)
+        if self._recorder.add_track(track):
+            return True
+        self.log.info("not recording the new {kind} track of {label}: the recording is under way",
+                      kind=track.kind, label=self.label)
+        return False
 
     def _on_received_frame(self, track: CountingTrack) -> None:
         if track.frames == 1:
@@ -379,8 +381,7 @@ class Call:
             except Exception as e:
                 self.log.warn("recording {path} may be incomplete: {e}", path=self.recording, e=e)
             else:
-                if self._recorder_started:
-                    self.log.info("recorded call with {label} to {path}", label=self.label, path=self.recording)
+                self.log.info("recorded call with {label} to {path}", label=self.label, path=self.recording)
         if self._source_proxies:
             self.manager.source.unsubscribe(self._source_proxies)
             self._source_proxies = {}

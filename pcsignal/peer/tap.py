@@ -19,7 +19,7 @@ from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
 from pcsignal.options import non_negative_float, positive_float, positive_int
-from pcsignal.peer.recording import RECORDABLE_KINDS
+from pcsignal.peer.recording import RECORDABLE_KINDS, record_folder_problem
 
 
 #: What ``pip install 'pcsignal[peer]'`` adds to the server-only install.
@@ -149,9 +149,9 @@ class Options(usage.Options):
             ext = os.path.splitext(record)[1].lower()
             if ext not in RECORDABLE_KINDS:
                 raise usage.UsageError("--record must end in one of %s" % (", ".join(sorted(RECORDABLE_KINDS)),))
-            directory = os.path.dirname(os.path.abspath(record))
-            if not os.path.isdir(directory):
-                raise usage.UsageError("--record directory %s does not exist" % (directory,))
+            problem = record_folder_problem(record)
+            if problem:
+                raise usage.UsageError("--record: %s" % (problem,))
         play = self["play"]
         if play is not None and self["play-format"] is None and "://" not in play and not os.path.exists(play):
             raise usage.UsageError("--play file %s does not exist" % (play,))
