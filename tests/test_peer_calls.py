@@ -159,3 +159,35 @@ async def test_nonsense_is_logged_and_ignored(pcsignal_server, run_twistd):
     await caller.stop()
     assert b.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
     assert "Traceback" not in b.output()
+
+
+def test_restart_of_a_sequential_id_server_keeps_the_peer_that_took_our_old_id(run_twistd):
+    """After a restart another peer holds pcpeer's old id: it is someone else, not our stale entry."""
+    listen = "tcp:%d:interface=127.0.0.1" % (free_port(),)
+    server, url = start_pcsignal(run_twistd, "--listen", listen, "--sequential-ids")
+    b, b_id = start_peer(run_twistd, url, "b", "--call", "x", "--retry-delay=2", "--max-retry-delay=2")
+    assert server.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
+    b.wait_for_log(r"cannot sign in to .*; retrying in")
+    # The new server numbers from the start again: x signs in first, with b's old id.
+    start_pcsignal(run_twistd, "--listen", listen, "--sequential-ids")
+    with urllib.request.urlopen(url + "/sign_in?x", timeout=10) as response:
+        x_id = int(response.headers["Pragma"])
+    assert x_id == b_id
+    b.wait_for_log(r"signed in to .* as b \((?!%d\))\d+\); 1 other peer" % (b_id,))
+    # x is listed, so --call x fires; and nothing of ours is "stale".
+    b.wait_for_log(r"x \(%d\) is listed: calling it \(--call\)" % (x_id,))
+    b.wait_for_log(r"sending offer to x \(%d\)" % (x_id,))
+    assert "signing out our previous id" not in b.output()
+    assert b.stop() == -signal.SIGTERM
+
+
+def test_https_url_to_a_plain_http_server_says_so(pcsignal_server, run_twistd):
+    _, url = pcsignal_server
+    peer = run_twistd("pcpeer", "--server", url.replace("http://", "https://"), "--name", "tls",
+                      "--retry-delay=1", "--max-retry-delay=1")
+    m = peer.wait_for_log(r"cannot sign in to https://.*: no answer within \d+ s: it speaks plain HTTP, "
+                          r"not TLS \(use (http://\S+)\); retrying in (\d+\.\d) s", timeout=15)
+    assert m.group(1) == url
+    assert 1.0 <= float(m.group(2)) < 2.0
+    assert peer.stop() == -signal.SIGTERM
+    assert "Traceback" not in peer.output()

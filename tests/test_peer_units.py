@@ -18,6 +18,7 @@ import pytest_twisted
 import txaio
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from twisted.internet import defer, task
+from twisted.logger import Logger, formatEvent
 from twisted.python import usage
 
 from pcsignal import protocol
@@ -94,9 +95,12 @@ def refused_url():
 
 
 @pytest_twisted.ensureDeferred
-async def test_signaling_backs_off_2s_doubling_to_cap():
+async def test_signaling_backs_off_doubling_to_cap_with_jitter():
+    """Twisted's backoffPolicy: 2, 4, 8, 10, 10 s, each plus up to 2 s of jitter, as logged."""
     clock = task.Clock()
     client = SignalingClient(refused_url(), "x", clock=clock, retry_delay=2.0, max_retry_delay=10.0)
+    events = []
+    client.log = Logger(namespace="test", observer=events.append)
     retries = defer.DeferredQueue()
     client.on("retrying", lambda delay, reason: retries.put((delay, reason)))
     client.start().addErrback(lambda f: None)
@@ -105,11 +109,15 @@ async def test_signaling_backs_off_2s_doubling_to_cap():
         delay, reason = await retries.get()
         assert "refused" in reason.lower()
         delays.append(delay)
-        # The retry waits on the clock, for exactly that delay.
+        # The retry waits on the clock, for exactly that delay...
         [retry] = clock.getDelayedCalls()
         assert retry.getTime() == clock.seconds() + delay
+        # ...and the log line says so.
+        assert formatEvent(events[-1]).endswith("retrying in %.1f s" % (delay,))
         clock.advance(delay)
-    assert delays == [2.0, 4.0, 8.0, 10.0, 10.0]
+    for delay, base in zip(delays, [2, 4, 8, 10, 10]):
+        assert base <= delay < base + 2.0
+    assert len({delay - int(delay) for delay in delays}) > 1  # jittered, not in lockstep
     await client.stop()
 
 
