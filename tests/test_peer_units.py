@@ -146,6 +146,8 @@ def manager(**config):
 async def test_glare_lower_id_keeps_its_offer():
     low, high = manager(), manager()
     wire((low, 3), (high, 7))
+    ended = []
+    high.on("call_ended", lambda call, reason: ended.append(reason))
     # Both offer at once.
     await defer.gatherResults([low.call(7, "p7"), high.call(3, "p3")])
     call_low = low.calls[7]
@@ -155,6 +157,8 @@ async def test_glare_lower_id_keeps_its_offer():
     await call_high.wait_first_frame("video")
     assert (call_low.role, call_high.role) == ("caller", "callee")
     assert list(low.calls) == [7] and list(high.calls) == [3]
+    # The dropped offer ended like any call: event (and so metrics) included.
+    assert ended == ["glare: yielded to the other offer"]
     await low.hang_up(7)
     await call_high.wait_ended()
     assert high.calls == {} and low.calls == {}

@@ -598,8 +598,7 @@ class CallManager(EventEmitter):
                 self.log.info("glare with {who}: both offered; ours stands (the lower id wins)", who=who)
                 return
             self.log.info("glare with {who}: both offered; answering theirs (the higher id yields)", who=who)
-            self.calls.pop(peer_id)
-            await call.close("glare: yielded to the other offer")
+            await self._end_call(peer_id, "glare: yielded to the other offer", False)
             call = None
         if call is None:
             refusal = _offer_problem(sdp)
