@@ -242,15 +242,38 @@ async def _video_frame(track):
     "args, complaint",
     [
         (["--record", "/tmp/x.avi"], "--record must end in"),
-        (["--video-size", "641x480"], "even"),
-        (["--max-calls", "0"], "must be positive"),
-        (["--ice-address", "not-an-ip"], "not-an-ip"),
-        (["--play", "/nonexistent/file.mp4"], "does not exist"),
+        (["--record", "/etc/passwd/x.mp4"], "--record /etc/passwd/x.mp4: /etc/passwd is not a folder"),
+        (["--video-size", "641x480"], "--video-size must be even"),
+        (["--max-calls", "0"], "--max-calls must be positive"),
+        (["--ice-address", "not-an-ip"], "--ice-address must be an IP address, not 'not-an-ip'"),
+        (["--play", "/nonexistent/file.mp4"], "--play /nonexistent/file.mp4: no such file"),
+        (["--server", "127.0.0.1:8888"], "--server must be an http:// or https:// URL, not '127.0.0.1:8888' "
+                                         "(did you mean http://127.0.0.1:8888?)"),
     ],
 )
 def test_options_reject_bad_values(args, complaint):
     with pytest.raises(usage.UsageError, match=re.escape(complaint)):
         tap.Options().parseOptions(args)
+
+
+def test_no_short_option_means_something_else_to_twistd():
+    """``twistd -n pcpeer`` or ``twistd pcpeer -n``: -n must not be pcpeer's --name."""
+    from twisted.scripts.twistd import ServerOptions
+
+    def short_options(options):
+        return {short for short, long in options.synonyms.items() if len(short) == 1 and short != long}
+
+    twistd_shorts = short_options(ServerOptions())
+    assert {"n", "s", "l", "p", "u", "g"} <= twistd_shorts  # the table is what we think
+    assert short_options(tap.Options()) & twistd_shorts == set()
+
+
+def test_video_size_help_shows_its_default_once():
+    help_text = re.search(r"--video-size=(.*?)\n(\s+-|\n)", str(tap.Options()), re.S).group(1)
+    assert help_text.count("640x480") == 1 and "(640, 480)" not in help_text, help_text
+    options = tap.Options()
+    options.parseOptions(["--name", "x"])
+    assert options["video-size"] == (640, 480)
 
 
 def test_other_reactor_is_refused_with_a_clear_message():
@@ -285,3 +308,38 @@ async def test_per_peer_locks_are_forgotten_when_unused():
         await manager.handle_message(peer_id, "p%d" % peer_id, b"not json")
         await manager.handle_message(peer_id, "p%d" % peer_id, b"BYE")
     assert manager._locks == {} and manager.calls == {}
+
+
+def test_bad_values_end_twistd_with_one_line_naming_the_option(tmp_path):
+    """The real ``twistd pcpeer``: usage error, last line names option and problem, no traceback."""
+    (tmp_path / "file").write_text("not a folder")
+    cases = {
+        ("--server", "notaurl"): "--server must be an http:// or https:// URL, not 'notaurl' "
+                                 "(did you mean http://notaurl?)",
+        ("--record", str(tmp_path / "file" / "x.mp4")): "--record %s: %s is not a folder"
+        % (tmp_path / "file" / "x.mp4", tmp_path / "file"),
+        ("--play", str(tmp_path / "missing.mp4")): "--play %s: no such file" % (tmp_path / "missing.mp4",),
+        ("--fps", "0"): "--fps must be positive, not '0'",
+        ("--max-calls", "ten"): "--max-calls must be a positive whole number, not 'ten'",
+        ("--metrics", "nonsense:1"): "--metrics nonsense:1 is not a Twisted endpoint: Unknown endpoint type",
+    }
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    running = {
+        args: subprocess.Popen([TWISTD, "-n", "--pidfile=", "pcpeer", "--name", "x", *args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        for args in cases
+    }
+    for args, complaint in cases.items():
+        output, _ = running[args].communicate(timeout=60)
+        text = output.decode()
+        assert running[args].returncode != 0, text
+        assert "Traceback" not in text
+        assert complaint in text.strip().splitlines()[-1], text
+
+
+def test_version_is_pcsignals():
+    from pcsignal import __version__
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([TWISTD, "pcpeer", "--version"], capture_output=True, env=env, cwd=ROOT, timeout=60)
+    assert out.stdout.decode().strip() == "pcsignal %s" % (__version__,)
