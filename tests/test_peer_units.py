@@ -18,7 +18,7 @@ import pytest_twisted
 import txaio
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from twisted.internet import defer, task
-from twisted.logger import Logger, formatEvent
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python import usage
 
 from pcsignal import protocol
@@ -343,3 +343,50 @@ def test_version_is_pcsignals():
     env = dict(os.environ, PYTHONPATH=ROOT)
     out = subprocess.run([TWISTD, "pcpeer", "--version"], capture_output=True, env=env, cwd=ROOT, timeout=60)
     assert out.stdout.decode().strip() == "pcsignal %s" % (__version__,)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ice_that_never_connects_is_one_line_and_ends_the_call():
+    """No candidates reach the caller (none in the answer, none trickled): said once, call ended."""
+    caller, callee = manager(ice_timeout=1.0), manager(ice_timeout=60.0)
+    names = wire((caller, 1), (callee, 2))
+
+    def without_candidates(receiver, sender_id):
+        def send(to, body):
+            message = protocol.parse_message(body)
+            if isinstance(message, protocol.SessionDescription):
+                sdp = "\r\n".join(line for line in message.sdp.split("\r\n")
+                                  if not line.startswith(("a=candidate:", "a=end-of-candidates")))
+                body = protocol.SessionDescription(message.type, sdp).encode()
+            receiver.handle_message(sender_id, names[sender_id], body)
+
+        return send
+
+    caller._send, callee._send = without_candidates(callee, 1), without_candidates(caller, 2)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        call = await caller.call(2, "p2")
+        assert await call.wait_ended().addTimeout(20, reactor_for_tests()) == "ICE did not connect"
+        await callee_ended(callee)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if "did not connect" in (e.get("log_format") or "")]
+    assert len(lines) == 1, lines
+    assert re.search(r"ICE with p2 \(2\) did not connect within 1 s \(state checking\): "
+                     r"we offered 127\.0\.0\.1 \(host\); they offered nothing; they offered no address", lines[0])
+
+
+async def callee_ended(callee):
+    """The callee got the caller's BYE."""
+    for _ in range(100):
+        if not callee.calls:
+            return
+        await task.deferLater(reactor_for_tests(), 0.05)
+    raise AssertionError("the callee's call did not end")
+
+
+def reactor_for_tests():
+    from twisted.internet import reactor
+
+    return reactor

@@ -52,6 +52,8 @@ from pcsignal.peer.recording import KINDS, RECORDABLE_KINDS, recording_path
 
 #: Received-frame counts that get an info log line (tests wait for them).
 FRAME_MILESTONES = (1, 30, 60, 100, 300, 1000)
+#: Candidates named in the line about ICE not connecting (and kept per call).
+MAX_LISTED_CANDIDATES = 10
 
 SendFunction = Callable[[int, bytes], Any]
 
@@ -66,6 +68,9 @@ class CallConfig:
     record: Optional[str] = None
     echo: bool = False
     stats_interval: float = 5.0
+    #: Seconds for ICE to connect once both descriptions are set; then the
+    #: call ends with one line saying which addresses were tried.
+    ice_timeout: float = 20.0
 
 
 def label(peer_name: str, peer_id: int) -> str:
@@ -99,6 +104,8 @@ class Call:
         self._sinks: list[asyncio.Task] = []
         self._stats_task: Optional[asyncio.Task] = None
         self._watched_transports: set[int] = set()
+        self._remote_trickled: list[str] = []
+        self._ice_timer: Optional[asyncio.TimerHandle] = None
         self._watch_peer_connection()
 
     # -- public, for API users -------------------------------------------------
@@ -130,6 +137,7 @@ class Call:
         self._echo_data_channel(self.pc.createDataChannel("chat"))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self._watch_dtls()
+        self._start_ice_timer()
         self.log.info("sending offer to {label}", label=self.label)
         self.manager.send(self.peer_id, protocol.SessionDescription("offer", self.pc.localDescription.sdp))
 
@@ -141,6 +149,7 @@ class Call:
             self._attach_outgoing(offered, caller=False)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._watch_dtls()
+        self._start_ice_timer()
         self.log.info("sending answer to {label}", label=self.label)
         self.manager.send(self.peer_id, protocol.SessionDescription("answer", self.pc.localDescription.sdp))
         self._log_codecs(self.pc.localDescription.sdp)
@@ -168,6 +177,8 @@ class Call:
         if message.sdpMid is None and message.sdpMLineIndex is None:
             candidate.sdpMLineIndex = 0
         await self.pc.addIceCandidate(candidate)
+        if len(self._remote_trickled) < MAX_LISTED_CANDIDATES:
+            self._remote_trickled.append("%s (%s)" % (candidate.ip, candidate.type))
         self.log.debug("candidate from {label}: {candidate}", label=self.label, candidate=text)
 
     # -- media -----------------------------------------------------------------
@@ -286,10 +297,44 @@ class Call:
                 self.log.info("call with {label} connected in {elapsed:.3f} s", label=self.label, elapsed=elapsed)
                 if not self.connected.done():
                     self.connected.set_result(elapsed)
+                self._stop_ice_timer()
                 if self._stats_task is None and self.config.stats_interval > 0:
                     self._stats_task = asyncio.ensure_future(self._log_stats_forever())
             elif state == "failed":
                 self.manager.end_call_soon(self.peer_id, "connection failed", send_bye=True)
+
+    def _start_ice_timer(self) -> None:
+        if self._ice_timer is None and not self.connected.done():
+            self._ice_timer = asyncio.get_event_loop().call_later(self.config.ice_timeout, self._ice_timed_out)
+
+    def _stop_ice_timer(self) -> None:
+        if self._ice_timer is not None:
+            self._ice_timer.cancel()
+            self._ice_timer = None
+
+    def _ice_timed_out(self) -> None:
+        """ICE never connected: say which addresses were tried, and why that may be, then end."""
+        ours = _candidates(self.pc.localDescription)
+        theirs = sorted(set(_candidates(self.pc.remoteDescription) + self._remote_trickled))
+        if not ours:
+            hint = ("we offered no address: this host has none but loopback? "
+                    "use --ice-address (127.0.0.1 when the other side is on this machine)")
+        elif not theirs:
+            hint = "they offered no address (none trickled yet)"
+        else:
+            hint = ("no pair of these reached each other: on one machine use --ice-address 127.0.0.1 "
+                    "(and Chromium's --allow-loopback-in-peer-connection); across NATs add --ice-server")
+        self.log.warn(
+            "ICE with {label} did not connect within {seconds:g} s (state {state}): we offered {ours}; "
+            "they offered {theirs}; {hint}",
+            label=self.label,
+            seconds=self.config.ice_timeout,
+            state=self.pc.iceConnectionState,
+            ours=", ".join(ours) or "nothing",
+            theirs=", ".join(theirs) or "nothing",
+            hint=hint,
+        )
+        self.manager.end_call_soon(self.peer_id, "ICE did not connect", send_bye=True)
 
     def _watch_dtls(self) -> None:
         for transceiver in self.pc.getTransceivers():
@@ -374,6 +419,7 @@ class Call:
         self.end_reason = reason
         if self._stats_task is not None:
             self._stats_task.cancel()
+        self._stop_ice_timer()
         summary = await self.summary()
         if self._recorder is not None:
             try:
@@ -416,6 +462,19 @@ async def _drain(track: MediaStreamTrack) -> None:
             await track.recv()
     except MediaStreamError:
         pass
+
+
+def _candidates(description: Optional[RTCSessionDescription]) -> list[str]:
+    """"ADDRESS (TYPE)" for the candidates in a description, at most MAX_LISTED_CANDIDATES."""
+    found: list[str] = []
+    for line in (description.sdp if description else "").splitlines():
+        if line.startswith("a=candidate:") and len(found) < MAX_LISTED_CANDIDATES:
+            try:
+                candidate = candidate_from_sdp(line[len("a=candidate:") :])
+            except (ValueError, IndexError):
+                continue
+            found.append("%s (%s)" % (candidate.ip, candidate.type))
+    return sorted(set(found))
 
 
 def _offer_problem(sdp: str) -> Optional[str]:
