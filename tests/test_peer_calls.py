@@ -191,3 +191,47 @@ def test_https_url_to_a_plain_http_server_says_so(pcsignal_server, run_twistd):
     assert 1.0 <= float(m.group(2)) < 2.0
     assert peer.stop() == -signal.SIGTERM
     assert "Traceback" not in peer.output()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_messages_cost_a_line_each_and_harm_no_call(run_twistd):
+    """Garbage, a huge message, a BYE storm: one line each; the daemon and its call go on."""
+    _, url = start_pcsignal(run_twistd, "--max-message-bytes", str(1024 * 1024))
+    b, b_id = start_peer(run_twistd, url, "b")
+    caller = api_peer(url, "a")
+    a_id = await caller.start()
+    call = await caller.call("b")
+    await call.wait_first_frame("video")
+    response = await treq.get(url + "/sign_in?raw")
+    raw_id = int(response.headers.getRawHeaders("Pragma")[0])
+    await treq.content(response)
+
+    async def post(body, sender=raw_id):
+        answer = await treq.post("%s/message?peer_id=%d&to=%d" % (url, sender, b_id), data=body)
+        assert answer.code == 200
+        await treq.content(answer)
+
+    await post(b"x" * (600 * 1024))
+    await in_thread(b, r"dropped a message: an answer of more than 262144 bytes \(from peer %d\)" % (raw_id,))
+    for _ in range(200):
+        await post(b"BYE")
+    for _ in range(50):
+        await post(b"{not json" + b"!" * 5000)
+    await post(protocol.SessionDescription("offer", "v=0\r\n" + "garbage " * 5000).encode())
+    await post(protocol.SessionDescription("x" * 5000, "v=0").encode())
+    # Garbage in the call itself, as if from the caller: ignored, the call stays.
+    await post(protocol.IceCandidate("0", 0, "candidate:" + "junk " * 2000).encode(), sender=a_id)
+    await in_thread(b, r"ignoring bad candidate from a \(%d\)" % (a_id,))
+    await in_thread(b, r"declining call from raw \(%d\): unusable offer" % (raw_id,))
+    await in_thread(b, r"ignoring session description of type 'x+\.\.\. \(5002 characters\)")
+    frames = call.received["video"].frames
+    await in_thread(b, frames_from("a", 100))
+    assert call.end_reason is None and call.received["video"].frames > frames
+    await caller.stop()
+    await in_thread(b, r"call with a \(%d\) ended \(BYE received\)" % (a_id,))
+    output = b.output()
+    assert output.count("BYE from raw") == 1
+    assert output.count("ignoring message from raw") == 1
+    assert "no longer signed in" not in output and "Traceback" not in output
+    assert max(len(line) for line in output.splitlines()) < 2000
+    assert b.stop() == -signal.SIGTERM

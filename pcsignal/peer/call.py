@@ -54,6 +54,9 @@ from pcsignal.peer.recording import KINDS, RECORDABLE_KINDS, recording_path
 FRAME_MILESTONES = (1, 30, 60, 100, 300, 1000)
 #: Candidates named in the line about ICE not connecting (and kept per call).
 MAX_LISTED_CANDIDATES = 10
+#: After an ignored message is logged, more from that peer go to debug level.
+IGNORED_QUIET_SECONDS = 10.0
+MAX_QUIETED = 1000
 
 SendFunction = Callable[[int, bytes], Any]
 
@@ -464,6 +467,13 @@ async def _drain(track: MediaStreamTrack) -> None:
         pass
 
 
+def _short(text: str, limit: int = 200) -> str:
+    """Client-supplied text for a log line: cut, with its length noted."""
+    if len(text) <= limit:
+        return text
+    return "%s... (%d characters)" % (text[:limit], len(text))
+
+
 def _candidates(description: Optional[RTCSessionDescription]) -> list[str]:
     """"ADDRESS (TYPE)" for the candidates in a description, at most MAX_LISTED_CANDIDATES."""
     found: list[str] = []
@@ -531,6 +541,8 @@ class CallManager(EventEmitter):
         # peer id -> [lock, users]: each peer's messages are handled in order;
         # an entry lives only while something uses it.
         self._locks: dict[int, list] = {}
+        # (peer id, kind) -> when an ignored message was last logged at info.
+        self._ignored_at: dict[tuple[int, str], float] = {}
 
     # -- for API users -----------------------------------------------------------
 
@@ -626,28 +638,47 @@ class CallManager(EventEmitter):
         who = label(peer_name, peer_id)
         call = self.calls.get(peer_id)
         if isinstance(message, protocol.Unrecognised):
-            self.log.warn("ignoring message from {who}: {reason}", who=who, reason=message.reason)
+            self._ignored(peer_id, "ignoring message from {who}: {reason}", who=who, reason=_short(message.reason))
         elif isinstance(message, protocol.Bye):
             if call is None:
-                self.log.info("BYE from {who}, with whom there is no call: ignored", who=who)
+                self._ignored(peer_id, "BYE from {who}, with whom there is no call: ignored", who=who)
             else:
                 await self._end_call(peer_id, "BYE received", False)
         elif isinstance(message, protocol.IceCandidate):
             if call is None:
-                self.log.warn("ignoring candidate from {who}: no call with that peer", who=who)
+                self._ignored(peer_id, "ignoring candidate from {who}: no call with that peer", who=who)
             else:
                 await self._guarded(call, "candidate", call.add_candidate(message), fatal=False)
         elif message.type == "offer":
             await self._on_offer(peer_id, peer_name, message.sdp)
         elif message.type == "answer":
             if call is None or call.pc.signalingState != "have-local-offer":
-                self.log.warn("ignoring answer from {who}: we made no offer to it", who=who)
+                self._ignored(peer_id, "ignoring answer from {who}: we made no offer to it", who=who)
             else:
                 await self._guarded(call, "answer", call.accept_answer(message.sdp), fatal=True)
         elif message.type == "offer-loopback":
-            self.log.info("declining offer-loopback from {who}: loopback calls are not supported", who=who)
+            self._ignored(peer_id, "declining offer-loopback from {who}: loopback calls are not supported", who=who)
         else:
-            self.log.warn("ignoring session description of type {type!r} from {who}", type=message.type, who=who)
+            self._ignored(peer_id, "ignoring session description of type {type} from {who}",
+                          type=_short(repr(message.type)), who=who)
+
+    def _ignored(self, peer_id: int, text: str, **fields) -> None:
+        """
+        Log a message ignored: the first of its kind from a peer at info
+        level, the same kind from that peer for IGNORED_QUIET_SECONDS after
+        at debug, so a flood (a BYE storm) costs one line.
+        """
+        now, key = time.monotonic(), (peer_id, text)
+        if now - self._ignored_at.get(key, -IGNORED_QUIET_SECONDS) < IGNORED_QUIET_SECONDS:
+            self.log.debug(text, **fields)
+            return
+        if len(self._ignored_at) >= MAX_QUIETED:
+            self._ignored_at = {k: t for k, t in self._ignored_at.items() if now - t < IGNORED_QUIET_SECONDS}
+            if len(self._ignored_at) >= MAX_QUIETED:
+                self._ignored_at.clear()  # a crowd: more lines, never more memory
+        self._ignored_at[key] = now
+        self.log.info(text + " (more from it within {quiet:g} s: debug level only)", quiet=IGNORED_QUIET_SECONDS,
+                      **fields)
 
     async def _on_offer(self, peer_id: int, peer_name: str, sdp: str) -> None:
         who = label(peer_name, peer_id)
@@ -666,7 +697,7 @@ class CallManager(EventEmitter):
             if refusal is None and self._full():
                 refusal = "already in %d calls (--max-calls)" % (len(self.calls),)
             if refusal:
-                self.log.info("declining call from {who}: {refusal}", who=who, refusal=refusal)
+                self._ignored(peer_id, "declining call from {who}: {refusal}", who=who, refusal=_short(refusal))
                 self.send(peer_id, protocol.Bye())
                 return
             call = self._new_call(peer_id, peer_name, "callee")
@@ -679,7 +710,7 @@ class CallManager(EventEmitter):
             await action
         except Exception as e:
             if fatal:
-                call.log.warn("bad {what} from {label}: {e!r}; hanging up", what=what, label=call.label, e=e)
+                call.log.warn("bad {what} from {label}: {e}; hanging up", what=what, label=call.label, e=_short(repr(e)))
                 await self._end_call(call.peer_id, "bad %s" % (what,), True)
             else:
-                call.log.warn("ignoring bad {what} from {label}: {e!r}", what=what, label=call.label, e=e)
+                call.log.warn("ignoring bad {what} from {label}: {e}", what=what, label=call.label, e=_short(repr(e)))

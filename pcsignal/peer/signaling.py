@@ -64,6 +64,10 @@ DEFAULT_MAX_RETRY_DELAY = 10.0
 SIGN_IN_TIMEOUT = 5.0
 SIGN_OUT_TIMEOUT = 5.0
 PROBE_TIMEOUT = 2.0
+#: Largest answer read (a browser's SDP is a few kB; pcsignal's own limit on
+#: messages is 64 KiB, the reference server has none): a larger one is
+#: dropped and its connection closed, so a hostile peer cannot fill memory.
+MAX_ANSWER_BYTES = 256 * 1024
 
 
 @implementer(IStreamClientEndpoint)
@@ -100,6 +104,10 @@ class SignalingError(Exception):
 
 class NotSignedIn(SignalingError):
     """A message could not be sent: we are not signed in."""
+
+
+class AnswerTooLarge(SignalingError):
+    """The server's answer is larger than MAX_ANSWER_BYTES: dropped."""
 
 
 class SignalingClient(TwistedEventEmitter):
@@ -261,6 +269,10 @@ class SignalingClient(TwistedEventEmitter):
             url = "%s/wait?peer_id=%d" % (self.server_url, self.peer_id)
             try:
                 response, body = await self._request("GET", url, loop=True)
+            except AnswerTooLarge as e:
+                # The server has handed it over: drop it, stay signed in.
+                self.log.warn("dropped a message: {reason}", reason=e)
+                continue
             except Exception as e:
                 if not self._running:
                     return None  # cancelled by stop()
@@ -375,7 +387,7 @@ class SignalingClient(TwistedEventEmitter):
             self._pending = d
         try:
             response = await d
-            content = await treq.content(response)
+            content = await _read_body(response)
         except Exception:
             if timer is not None and not timer.active():
                 raise TimeoutError("no answer within %g s" % (timeout,))
@@ -418,6 +430,22 @@ class SignalingClient(TwistedEventEmitter):
 
     def _log_crash(self, failure) -> None:
         self.log.failure("signaling client crashed", failure)
+
+
+async def _read_body(response) -> bytes:
+    """The whole body, or AnswerTooLarge (and the connection closed) past MAX_ANSWER_BYTES."""
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > MAX_ANSWER_BYTES:
+            raise AnswerTooLarge("an answer of more than %d bytes (from peer %s)" % (MAX_ANSWER_BYTES, _pragma(response)))
+        chunks.append(data)
+
+    await treq.collect(response, collect)
+    return b"".join(chunks)
 
 
 def _pragma(response) -> str:
