@@ -390,3 +390,20 @@ def reactor_for_tests():
     from twisted.internet import reactor
 
     return reactor
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_ignored_messages_keeps_state_bounded():
+    from pcsignal.peer import call as call_module
+
+    manager = CallManager(lambda peer_id, body: None, SharedSource(pattern_source(64, 48, 5)),
+                          CallConfig(stats_interval=0))
+    events = []
+    manager.log = Logger(namespace="test", observer=events.append)
+    for _ in range(100):  # a BYE storm from one peer: one line
+        await manager.handle_message(7, "p7", b"BYE")
+    assert [e["log_level"].name for e in events].count("info") == 1
+    for peer_id in range(call_module.MAX_QUIETED + 500):  # from a crowd: state stays bounded
+        await manager.handle_message(peer_id, "p", b"BYE")
+    assert len(manager._ignored_at) <= call_module.MAX_QUIETED
+    assert manager._locks == {} and manager.calls == {}

@@ -141,6 +141,8 @@ class Options(usage.Options):
          "the folder is created if missing."],
         ["ice-username", None, None, "Username for the --ice-server TURN servers."],
         ["ice-credential", None, None, "Credential for the --ice-server TURN servers."],
+        ["ice-timeout", None, 20.0, "Seconds for ICE to connect; then the call ends with one line saying "
+         "which addresses were tried.", _named("ice-timeout", positive_float)],
         ["max-calls", None, None, "Refuse calls beyond this many at once.", _named("max-calls", positive_int)],
         ["stats-interval", None, 5.0, "Seconds between statistics log lines per call (0: none).",
          _named("stats-interval", non_negative_float)],
@@ -266,6 +268,7 @@ def makeService(options):
         record=options["record"],
         echo=options["echo"],
         stats_interval=options["stats-interval"],
+        ice_timeout=options["ice-timeout"],
     )
     peer = Peer(
         options["server"],
