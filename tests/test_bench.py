@@ -8,6 +8,7 @@ timed benchmarks (see docs/benchmarks.rst for the measured numbers).
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -214,3 +215,31 @@ def test_command_line_takes_options_after_the_scenario():
         bench.build_parser().parse_args(["http://127.0.0.1:1", "relay", "--seconds", "1", "--messages", "5"])
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["http://127.0.0.1:1", "storm", "--peers", "0"])
+
+
+# -- pcpeer-bench ---------------------------------------------------------------
+
+
+def test_pcpeer_bench_prints_a_table_or_json_with_the_negotiated_codec(tmp_path):
+    """A tiny run of the real thing: 3 calls, a 2 s call, no churn."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    command = [sys.executable, "-m", "pcsignal.bench.calls", "--calls", "3", "--hold-seconds", "2",
+               "--churn", "0", "--video-size", "160x120", "--fps", "10"]
+    table = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"set-up to first video frame: median \d\.\d{3} s, p95 \d\.\d{3} s .*3 calls", table.stdout)
+    assert "one 2 s call at 160x120@10 VP8:" in table.stdout
+    assert "{" not in table.stdout  # no JSON unless asked
+    as_json = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert as_json.returncode == 0, as_json.stderr
+    results = json.loads(as_json.stdout)
+    assert results["video"] == "160x120@10 VP8"
+    assert results["setup_s"]["p95"] <= results["setup_s"]["max"]
+
+
+def test_pcpeer_bench_help_has_no_markup():
+    from pcsignal.bench import calls
+
+    text = calls.build_parser().format_help()
+    assert "``" not in text and "--json" in text

@@ -407,3 +407,16 @@ async def test_a_flood_of_ignored_messages_keeps_state_bounded():
         await manager.handle_message(peer_id, "p", b"BYE")
     assert len(manager._ignored_at) <= call_module.MAX_QUIETED
     assert manager._locks == {} and manager.calls == {}
+
+
+def test_negotiated_codecs_are_read_from_the_answer():
+    """What pcpeer logs and pcpeer-bench labels its results with: the answer's first codecs."""
+    from pcsignal.peer.call import negotiated_codecs
+
+    answer = "\r\n".join([
+        "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 0.0.0.0", "a=mid:0", "a=rtpmap:111 opus/48000/2",
+        "m=video 9 UDP/TLS/RTP/SAVPF 102 103", "c=IN IP4 0.0.0.0", "a=mid:1",
+        "a=rtpmap:102 H264/90000", "a=rtpmap:103 rtx/90000", "a=fmtp:103 apt=102", "",
+    ])
+    assert negotiated_codecs(answer) == ["audio/opus 48000/2", "video/H264 90000"]

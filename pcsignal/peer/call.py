@@ -96,6 +96,8 @@ class Call:
         self.sent: dict[str, CountingTrack] = {}
         self.received: dict[str, CountingTrack] = {}
         self.recording: Optional[str] = None
+        #: What the call negotiated, e.g. ["audio/opus 48000/2", "video/VP8 90000"].
+        self.codecs: list[str] = []
         self.end_reason: Optional[str] = None
         loop = asyncio.get_event_loop()
         self.connected: asyncio.Future = loop.create_future()
@@ -354,17 +356,11 @@ class Call:
     def _log_codecs(self, answer_sdp: str) -> None:
         """The answer's first codec per m-line is what both sides use."""
         try:
-            media = ParsedSdp.parse(answer_sdp).media
+            self.codecs = negotiated_codecs(answer_sdp)
         except Exception as e:
-            self.log.warn("cannot read codecs from the answer of {label}: {e}", label=self.label, e=e)
+            self.log.warn("cannot read codecs from the answer of {label}: {e}", label=self.label, e=_short(str(e)))
             return
-        codecs = []
-        for m in media:
-            usable = [c for c in m.rtp.codecs if c.mimeType.split("/")[-1].lower() not in ("rtx", "red", "ulpfec")]
-            if usable and m.port != 0:
-                c = usable[0]
-                codecs.append("%s %d%s" % (c.mimeType, c.clockRate, "/%d" % c.channels if c.channels else ""))
-        self.log.info("codecs with {label}: {codecs}", label=self.label, codecs=", ".join(codecs) or "none")
+        self.log.info("codecs with {label}: {codecs}", label=self.label, codecs=", ".join(self.codecs) or "none")
 
     async def _rtp_counts(self) -> dict[str, Any]:
         """Packets and bytes per kind (aiortc counts received bytes per transport only)."""
@@ -465,6 +461,17 @@ async def _drain(track: MediaStreamTrack) -> None:
             await track.recv()
     except MediaStreamError:
         pass
+
+
+def negotiated_codecs(answer_sdp: str) -> list[str]:
+    """The codec of each active m-line of an answer, e.g. ``["audio/opus 48000/2", "video/VP8 90000"]``."""
+    codecs = []
+    for m in ParsedSdp.parse(answer_sdp).media:
+        usable = [c for c in m.rtp.codecs if c.mimeType.split("/")[-1].lower() not in ("rtx", "red", "ulpfec")]
+        if usable and m.port != 0:
+            c = usable[0]
+            codecs.append("%s %d%s" % (c.mimeType, c.clockRate, "/%d" % c.channels if c.channels else ""))
+    return codecs
 
 
 def _short(text: str, limit: int = 200) -> str:
