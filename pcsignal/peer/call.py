@@ -324,6 +324,8 @@ class Call:
         if not ours:
             hint = ("we offered no address: this host has none but loopback? "
                     "use --ice-address (127.0.0.1 when the other side is on this machine)")
+        elif self.pc.remoteDescription is None:
+            hint = "no answer to our offer came"
         elif not theirs:
             hint = "they offered no address (none trickled yet)"
         else:
