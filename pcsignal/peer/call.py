@@ -326,6 +326,8 @@ class Call:
                     "use --ice-address (127.0.0.1 when the other side is on this machine)")
         elif self.pc.remoteDescription is None:
             hint = "no answer to our offer came"
+        elif self.pc.iceConnectionState in ("connected", "completed"):
+            hint = "ICE found a path, but the DTLS handshake over it did not finish"
         elif not theirs:
             hint = "they offered no address (none trickled yet)"
         else:
