@@ -72,7 +72,7 @@ def test_sigterm_answers_parked_waits_and_exits(run_twistd):
     while metric(url, "pcsignal_parked_waits") != 1:
         assert time.monotonic() < deadline
     # An idle keep-alive connection must not hold the exit up either.
-    idle = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    idle = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10)
     assert proc.stop(signal.SIGTERM, timeout=10) in (0, -signal.SIGTERM)
     waiter.join(5)
     assert answers and (answers[0].status, answers[0].body) == (503, b"Server shutting down.")
@@ -103,27 +103,27 @@ def test_access_log_is_off_by_default_and_on_with_a_flag(run_twistd):
 def test_json_logs():
     import json
 
+    import pcsignal
+    from conftest import LoggedProcess
+
     env = dict(os.environ, PYTHONPATH=ROOT)
     out = subprocess.run(
         [TWISTD, "-n", "--pidfile=", "--logger=pcsignal.logs.json", "pcsignal",
          "--listen", "tcp:0:interface=127.0.0.1", "--version"],
         capture_output=True, env=env, cwd=ROOT, timeout=30)
-    assert out.stdout.strip() == b"pcsignal 0.1.0"
-    p = subprocess.Popen(
-        [TWISTD, "-n", "--pidfile=", "--logger=pcsignal.logs.json", "pcsignal",
-         "--listen", "tcp:0:interface=127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    assert out.stdout.decode().strip() == "pcsignal %s" % (pcsignal.__version__,)
+    # Every read is bounded: wait_for_log times out instead of blocking on the pipe.
+    p = LoggedProcess([TWISTD, "-n", "--pidfile=", "--logger=pcsignal.logs.json", "pcsignal",
+                       "--listen", "tcp:0:interface=127.0.0.1"])
     try:
-        for line in p.stdout:
-            event = json.loads(line)
-            if event.get("log_namespace") == "pcsignal.server":
-                assert event["log_format"].startswith("pcsignal listening on")
-                assert event["address"].startswith("127.0.0.1:")
-                assert event["log_level"]["name"] == "info"
-                break
+        p.wait_for_log(r'"log_namespace": "pcsignal.server"', timeout=30)
+        events = [json.loads(line) for line in p.lines if line.strip()]
+        [event] = [e for e in events if e.get("log_namespace") == "pcsignal.server"]
+        assert event["log_format"].startswith("pcsignal listening on")
+        assert event["address"].startswith("127.0.0.1:")
+        assert event["log_level"]["name"] == "info"
     finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(10)
+        p.stop()
 
 
 def test_help_documents_every_option():
