@@ -719,9 +719,18 @@ class StaticRoot(resource.Resource):
         return child
 
 
+def health_and_metrics(channel: IChannel, metrics=None) -> dict:
+    """The routes of /healthz and (with metrics) /metrics."""
+    routes = {b"/healthz": Healthz(channel)}
+    if metrics is not None:
+        routes[b"/metrics"] = Metrics(metrics.registry)
+    return routes
+
+
 class SignalingSite(server.Site):
     """
     The Site: protocol root, limits, and the hooks for metrics and logs.
+    ``internal_routes=False`` leaves /healthz and /metrics to an InternalSite.
 
     Access logging is off unless asked for: request lines carry peer names
     and ids.
@@ -746,6 +755,7 @@ class SignalingSite(server.Site):
         max_connections: Optional[int] = None,
         ice_settings: ice.IceSettings = ice.IceSettings(),
         turn_secret=None,
+        internal_routes: bool = True,
     ):
         """
         ``sign_in_rate`` sign-ins a second per client address, after a burst
@@ -762,11 +772,10 @@ class SignalingSite(server.Site):
             protocol.SIGN_OUT: SignOut(channel),
             protocol.WAIT: Wait(channel),
             protocol.MESSAGE: Message(channel),
-            b"/healthz": Healthz(channel),
             ice.PATH: IceServers(channel, ice_settings, turn_secret),
         }
-        if metrics is not None:
-            self.routes[b"/metrics"] = Metrics(metrics.registry)
+        if internal_routes:
+            self.routes.update(health_and_metrics(channel, metrics))
         # Bodies are opaque messages, never forms: no form parsing (it is
         # slow, and would turn a multipart-typed message into a 400).
         server.Site.__init__(self, StaticRoot(), parsePOSTFormSubmission=False,
@@ -810,6 +819,18 @@ class SignalingSite(server.Site):
         self._drained.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
         return self._drained
 
+    def hang_up(self) -> None:
+        """
+        Close every connection without answering what it asked (a stop that
+        keeps the peers: the native client re-issues a /wait whose
+        connection closed, and reaches the next process).
+        """
+        self.stopping = True
+        for conn in list(self.connections):
+            for request in conn.requests:
+                request.gone = True
+            conn.transport.loseConnection()
+
     def _abort_all(self):
         for conn in list(self.connections):
             conn.transport.abortConnection()
@@ -841,3 +862,12 @@ class SignalingSite(server.Site):
                 code=request.code,
                 length=request.sentLength,
             )
+
+
+class InternalSite(SignalingSite):
+    """/healthz and /metrics alone, for ``--internal-listen``; anything else is 404."""
+
+    def __init__(self, channel: IChannel, metrics, reactor=None):
+        SignalingSite.__init__(self, channel, metrics=metrics, reactor=reactor)
+        self.routes = health_and_metrics(channel, metrics)
+        self.resource = NotFound()
