@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from OpenSSL import crypto
 from twisted.application import service
 from twisted.internet import endpoints, error, ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -91,16 +92,20 @@ def load_certificate_options(private_key: str, cert_key: str, chain: Optional[st
     CertificateOptions from PEM files, as Twisted's ``ssl:`` endpoint makes
     them; returns (options, summary).  BadValue says which file is wrong.
     """
-    cert_pem = _read(cert_key, "certKey")
     key_pem = _read(private_key, "privateKey")
+    cert_pem = _read(cert_key, "certKey")
     try:
         certificate = ssl.Certificate.loadPEM(cert_pem)
     except Exception:
         raise BadValue("certKey=%s: no PEM certificate in it" % (cert_key,))
     try:
-        private = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+        key = ssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
     except Exception:
         raise BadValue("privateKey=%s: no PEM private key in it" % (private_key,))
+    try:
+        private = ssl.PrivateCertificate.fromCertificateAndKeyPair(certificate, key)
+    except Exception:
+        raise BadValue("privateKey=%s is not the key of certKey=%s" % (private_key, cert_key))
     extra = None
     if chain is not None:
         blocks = _PEM_CERTIFICATE.findall(_read(chain, "extraCertChain"))
@@ -121,9 +126,9 @@ def load_certificate_options(private_key: str, cert_key: str, chain: Optional[st
         **kwargs,
     )
     try:
-        options.getContext()  # checks that the key belongs to the certificate
-    except Exception:  # OpenSSL's error: key and certificate do not match
-        raise BadValue("privateKey=%s is not the key of certKey=%s" % (private_key, cert_key))
+        options.getContext()
+    except Exception as e:  # OpenSSL's own refusal, e.g. of the chain or DH parameters
+        raise BadValue("%s, %s: OpenSSL refuses them (%s)" % (private_key, cert_key, e))
     x509 = certificate.original
     summary = "%s, valid until %s" % (
         certificate.getSubject().commonName.decode("utf-8", "replace")
@@ -176,10 +181,12 @@ class Endpoint:
     description: str
     endpoint: object  # IStreamServerEndpoint
     tls: Optional[ServerTLS] = None
+    value: Optional[str] = None  # what the option was given, if not the description
 
     @property
     def named(self) -> str:
-        return "%s %s" % (self.option, self.description)
+        """The option as the operator wrote it: ``--listen tcp:8888``, ``--port 8888``."""
+        return "%s %s" % (self.option, self.value or self.description)
 
 
 _TCP_PARAMETERS = {"port", "interface", "backlog"}
@@ -281,13 +288,17 @@ def endpoint_from_string(description: str, reactor) -> tuple[object, Optional[Se
         raise BadValue("%s: %s" % (kind, str(e).split("()", 1)[-1].strip()))
 
 
-def check_endpoint(description: str, reactor, option: str = "listen") -> Endpoint:
-    """An Endpoint for an option's value, or a usage error naming the option."""
+def check_endpoint(description: str, reactor, option: str = "listen", value=None) -> Endpoint:
+    """
+    An Endpoint for an option's value, or a usage error naming the option.
+    ``value`` is what the option was given when it is not the endpoint
+    string itself (``--port 8888`` means ``tcp:8888``).
+    """
     try:
         endpoint, tls = endpoint_from_string(description, reactor)
     except BadValue as e:
-        raise bad_option(option, "%s: %s" % (description, e) if description else str(e))
-    return Endpoint("--" + option.lstrip("-"), description, endpoint, tls)
+        raise bad_option(option, "%s: %s" % (value or description, e) if description else str(e))
+    return Endpoint("--" + option.lstrip("-"), description, endpoint, tls, value)
 
 
 # -- listening ------------------------------------------------------------------

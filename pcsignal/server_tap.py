@@ -198,7 +198,8 @@ class Options(CheckedOptions):
                              % (", ".join(logs.LEVELS), self["log-level"]))
         self["endpoints"] = [check_endpoint(d, reactor, "listen") for d in self["listen"]]
         if self["port"] is not None:
-            self["endpoints"].append(check_endpoint("tcp:%d" % (self["port"],), reactor, "port"))
+            self["endpoints"].append(check_endpoint("tcp:%d" % (self["port"],), reactor, "port",
+                                                    str(self["port"])))
         if not self["endpoints"]:
             self["endpoints"].append(check_endpoint("tcp:8888", reactor, "listen"))
         self["internal-endpoints"] = [check_endpoint(d, reactor, "internal-listen")
@@ -221,7 +222,7 @@ class Options(CheckedOptions):
             try:
                 writable_file(self["state-file"])
             except BadValue as e:
-                raise bad_option("state-file", str(e))
+                raise bad_option("state-file", "%s: %s" % (self["state-file"], e))
 
     def reparse(self) -> "Options":
         """The options parsed again from the same sources (for a reload)."""
