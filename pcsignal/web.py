@@ -339,6 +339,7 @@ class SignalingHTTPChannel(HTTPChannel):
     _deadline = None
     _head_bytes = None  # bytes of the request head read so far; None between requests
     _header_lines = 0
+    fresh = True  # nothing received yet
 
     def writeHeaders(self, version, code, reason, headers):
         HTTPChannel.writeHeaders(self, b"HTTP/1.1", code, reason, headers)
@@ -355,6 +356,7 @@ class SignalingHTTPChannel(HTTPChannel):
         return self._host
 
     def dataReceived(self, data):
+        self.fresh = False
         if self._deadline is None and not self._handlingRequest:
             self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
         HTTPChannel.dataReceived(self, data)
@@ -801,35 +803,47 @@ class SignalingSite(server.Site):
             return RefusedConnection()
         return server.Site.buildProtocol(self, addr)
 
-    def drain(self, grace: float = 5.0) -> Deferred:
+    def drain(self, grace: float = 5.0, fresh_grace: float = 1.0) -> Deferred:
         """
-        Fire once every connection has closed: idle ones are closed now,
-        answered ones close after their answer is flushed; whatever is left
-        after ``grace`` seconds is aborted.
+        Fire once every connection has closed: idle keep-alive ones are
+        closed now, answered ones close after their answer is flushed.  A
+        connection accepted just before the stop whose request has not been
+        read yet gets ``fresh_grace`` seconds to send it (closing it would
+        fail a request the client already sent).  Whatever is left after
+        ``grace`` seconds is aborted.
         """
         self.stopping = True
         self.refusals.stop()
         if not self.connections:
             return succeed(None)
         for conn in list(self.connections):
-            if not conn.requests:
+            if not conn.requests and not conn.fresh:
                 conn.transport.loseConnection()
         self._drained = Deferred()
-        timer = self.reactor.callLater(grace, self._abort_all)
-        self._drained.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        timers = [self.reactor.callLater(min(fresh_grace, grace), self._close_fresh),
+                  self.reactor.callLater(grace, self._abort_all)]
+        self._drained.addBoth(lambda r: ([t.cancel() for t in timers if t.active()], r)[1])
         return self._drained
+
+    def _close_fresh(self):
+        for conn in list(self.connections):
+            if not conn.requests:
+                conn.transport.loseConnection()
 
     def hang_up(self) -> None:
         """
-        Close every connection without answering what it asked (a stop that
-        keeps the peers: the native client re-issues a /wait whose
-        connection closed, and reaches the next process).
+        Close every connection whose requests are parked waits, without an
+        answer: a stop that keeps the peers (``--state-file``).  The native
+        client re-issues a /wait whose connection closed, and reaches the
+        next process; a 503 would make it give up.
         """
         self.stopping = True
         for conn in list(self.connections):
-            for request in conn.requests:
-                request.gone = True
-            conn.transport.loseConnection()
+            if conn.requests and all(getattr(r, "path", None) == protocol.WAIT
+                                     for r in conn.requests):
+                for request in conn.requests:
+                    request.gone = True
+                conn.transport.loseConnection()
 
     def _abort_all(self):
         for conn in list(self.connections):

@@ -9,12 +9,15 @@ the units themselves are checked by systemd-analyze only.
 """
 
 import http.client
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import pytest_twisted
@@ -22,12 +25,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.logger import eventFromJSON, formatEvent
 from twisted.web.client import Agent
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from conftest import LISTENING, TWISTD
+from httpclients import native
 from deploy_support import (
     CommandProcess,
     ETC,
@@ -258,59 +261,149 @@ def json_logging():
     return environment_assignments(m.group(1))
 
 
-def json_log_text(process, log_format, pattern):
+def json_log_text(process, text, pattern):
     """
-    Wait for a JSON log line of an event with this format string; return the
-    match of ``pattern`` in its formatted text.
+    Wait for a JSON log line whose text starts with ``text``; return the
+    match of ``pattern`` in that text.
     """
-    line = process.wait_for_log(r'^\{.*"log_format": "%s' % (re.escape(log_format),))
-    text = formatEvent(eventFromJSON(line.string))
-    m = re.search(pattern, text)
-    assert m, text
+    line = process.wait_for_log(r'^\{.*"text": "%s' % (re.escape(text),))
+    m = re.search(pattern, json.loads(line.string)["text"])
+    assert m, line.string
     return m
 
 
-def test_restart_loses_no_connection(processes):
+class HeldSocket:
+    """
+    A listening socket owned by the test, as systemd owns pcsignal.socket's;
+    ``start()`` runs pcsignal.service's ExecStart= on it (with ``env``, as
+    from /etc/default/pcsignal) and waits until it listens.
+    """
+
+    def __init__(self, processes, backlog, **env):
+        self.processes = processes
+        self.name = unit_setting(SOCKET, "FileDescriptorName")
+        self.command = service_command(**env)
+        self.listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.listener.bind(("::1", 0))
+        self.listener.listen(backlog)
+        self.port = self.listener.getsockname()[1]
+
+    def start(self):
+        fd = self.listener.fileno()
+        p = CommandProcess([sys.executable, "-c", EXEC_WITH_LISTEN_FDS, str(fd), self.name]
+                           + self.command, pass_fds=[fd])
+        self.processes.append(p)
+        assert int(json_log_text(p, "pcsignal listening on", LISTENING).group("port")) == self.port
+        return p
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def held_socket(processes):
+    """A HeldSocket with the backlog of pcsignal.socket, pcsignal logging JSON."""
+    held = HeldSocket(processes, int(unit_setting(SOCKET, "Backlog")), **json_logging())
+    yield held
+    held.close()
+
+
+def test_restart_loses_no_connection(held_socket):
     """
     The socket outlives the daemon: a request made while pcsignal is stopped
     is answered by the next pcsignal started on the same socket (peers signed
     in before the restart are gone: they live in pcsignal's memory).  pcsignal
     runs with the JSON logging shown in etc/default/pcsignal.
     """
-    name = unit_setting(SOCKET, "FileDescriptorName")
-    command = service_command(**json_logging())
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
-        listener.bind(("::1", 0))
-        listener.listen(64)
-        port = listener.getsockname()[1]
+    port = held_socket.port
+    first = held_socket.start()
+    conn = http.client.HTTPConnection("::1", port, timeout=30)
+    conn.request("GET", "/sign_in?before")
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert first.stop() == -signal.SIGTERM, first.output()
 
-        def start():
-            p = CommandProcess(
-                [sys.executable, "-c", EXEC_WITH_LISTEN_FDS, str(listener.fileno()), name]
-                + command,
-                pass_fds=[listener.fileno()],
-            )
-            processes.append(p)
-            assert int(json_log_text(p, "pcsignal listening on", LISTENING).group("port")) == port
-            return p
+    # pcsignal is down: the connection is queued by the kernel and the
+    # request sits in it unanswered.
+    conn = http.client.HTTPConnection("::1", port, timeout=30)
+    conn.request("GET", "/sign_in?during")
+    second = held_socket.start()
+    response = conn.getresponse()
+    assert response.status == 200, second.output()
+    body = response.read()
+    assert body.startswith(b"during,"), body
+    # Peers live in pcsignal's memory: the restart signed "before" out.
+    assert b"before," not in body, body
+    conn.close()
+    assert second.stop() == -signal.SIGTERM, second.output()
 
-        first = start()
-        conn = http.client.HTTPConnection("::1", port, timeout=30)
-        conn.request("GET", "/sign_in?before")
-        assert conn.getresponse().status == 200
-        conn.close()
+
+class Hammer:
+    """
+    Clients that each open a new connection per ``GET /healthz`` (as the
+    native client does), as fast as they are answered, and note how each
+    request ended and when.
+    """
+
+    def __init__(self, port, clients):
+        self.url = "http://[::1]:%d" % (port,)
+        self.answered = []  # (sent, answered) times
+        self.failures = []  # (time, what went wrong)
+        self.changed = threading.Condition()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        while not self.stopping.is_set():
+            sent = time.monotonic()
+            try:
+                answer = native(self.url, "GET", "/healthz", timeout=30)
+                outcome = None if answer.status == 200 else "answered %d" % (answer.status,)
+            except ConnectionRefusedError:
+                outcome = "refused"
+            except AssertionError:  # parse_answer found no answer
+                outcome = "closed without an answer"
+            except OSError as e:
+                outcome = "%s: %s" % (type(e).__name__, e)
+            with self.changed:
+                if outcome is None:
+                    self.answered.append((sent, time.monotonic()))
+                else:
+                    self.failures.append((time.monotonic(), outcome))
+                self.changed.notify_all()
+
+    def wait_for_answers(self, count, timeout=60):
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.answered) >= count, timeout), (
+                "%d answers, failures: %r" % (len(self.answered), self.failures))
+
+    def stop(self):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(35)
+
+
+def test_restart_under_load_refuses_no_connection(held_socket):
+    """
+    Clients hammer the port while pcsignal is stopped and started again on
+    the socket systemd would hold: no connection is refused, none fails, and
+    the requests made while no pcsignal runs wait in the socket's backlog
+    and are answered by the next one.
+    """
+    first = held_socket.start()
+    hammer = Hammer(held_socket.port, clients=8)
+    try:
+        hammer.wait_for_answers(100)
         assert first.stop() == -signal.SIGTERM, first.output()
-
-        # pcsignal is down: the connection is queued by the kernel and the
-        # request sits in it unanswered.
-        conn = http.client.HTTPConnection("::1", port, timeout=30)
-        conn.request("GET", "/sign_in?during")
-        second = start()
-        response = conn.getresponse()
-        assert response.status == 200, second.output()
-        body = response.read()
-        assert body.startswith(b"during,"), body
-        # Peers live in pcsignal's memory: the restart signed "before" out.
-        assert b"before," not in body, body
-        conn.close()
-        assert second.stop() == -signal.SIGTERM, second.output()
+        stopped = time.monotonic()
+        second = held_socket.start()
+        started = time.monotonic()
+        hammer.wait_for_answers(len(hammer.answered) + 200)
+    finally:
+        hammer.stop()
+    assert second.stop() == -signal.SIGTERM, second.output()
+    assert hammer.failures == []
+    waited = [(s, a) for s, a in hammer.answered if s < stopped and a > started]
+    assert waited, "no request spanned the restart"
