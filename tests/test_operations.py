@@ -278,3 +278,120 @@ def test_sighup_replaces_the_certificate_for_new_connections(tmp_path, run_twist
     https_get(port, chains["new"][0]).close()
     kept.close()
     fresh.close()
+
+
+def parked(url, count):
+    """Block until the server has ``count`` parked waits (it says so in /metrics)."""
+    deadline = time.monotonic() + 20
+    while metric_values(url)["pcsignal_parked_waits"] != count:
+        assert time.monotonic() < deadline, "never %d parked waits" % (count,)
+
+
+def wait_in_thread(url, peer_id, answers):
+    """A native /wait in a thread; its raw answer (b"" if closed unanswered) goes to answers."""
+    from httpclients import native_raw
+
+    def run():
+        answers[peer_id] = native_raw(url, b"GET /wait?peer_id=%d HTTP/1.0\r\n\r\n" % peer_id, 30)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_sighup_changes_limits_while_waits_are_parked(tmp_path, run_twistd):
+    config = str(tmp_path / "pcsignal.conf")
+    write(config, "--max-peers 2 --peer-timeout 30\n")
+    p, url = start_pcsignal(run_twistd, "--config", config)
+    alice = native(url, "GET", "/sign_in?alice").pragma
+    bob = native(url, "GET", "/sign_in?bob").pragma
+    assert native(url, "GET", "/wait?peer_id=%d" % alice).status == 200  # bob joined
+    assert native(url, "GET", "/sign_in?carol").status == 503
+    answers = {}
+    threads = [wait_in_thread(url, peer, answers) for peer in (alice, bob)]
+    parked(url, 2)
+
+    write(config, "--max-peers 3 --peer-timeout 60\n")
+    reload(p, r"reloaded %s: --peer-timeout 30 -> 60, --max-peers 2 -> 3$" % re.escape(config))
+    assert answers == {}  # nobody was dropped or answered by the reload
+    assert metric_values(url)["pcsignal_parked_waits"] == 2
+    carol = native(url, "GET", "/sign_in?carol")
+    assert carol.status == 200  # the new limit is in force
+    for t in threads:
+        t.join(10)
+    for peer in (alice, bob):
+        got = parse_answer(answers[peer])
+        assert (got.status, got.body) == (200, b"carol,%d,1\n" % carol.pragma)
+    refused = native(url, "GET", "/sign_in?dave")
+    assert (refused.status, refused.body) == (
+        503, b"Server full: 3 peers signed in, try again later.")
+
+
+# -- the state file -------------------------------------------------------------------
+
+STATE_WRITTEN = r"state written to \S+: (\d+) peers, (\d+) queued items"
+STATE_RESTORED = r"state restored from \S+: (\d+) peers, (\d+) queued items"
+
+
+def test_state_file_keeps_peers_and_queued_messages_across_a_restart(tmp_path, run_twistd):
+    path = str(tmp_path / "state.json")
+    options = ("--state-file", path, "--sequential-ids")
+    first, url = start_pcsignal(run_twistd, *options)
+    alice, bob, carol = (native(url, "GET", "/sign_in?" + n).pragma
+                         for n in ("alice", "bob", "carol"))
+    for i in range(100):
+        send = "/message?peer_id=%d&to=%d" % (bob, alice)
+        assert native(url, "POST", send, b"message %03d" % i).status == 200
+    answers = {}
+    carol_waits = wait_in_thread(url, carol, answers)
+    parked(url, 1)
+    assert first.stop() in (0, -signal.SIGTERM)
+    carol_waits.join(10)
+    # carol's parked wait was closed without an answer: the native client
+    # simply asks again (a 503 would make it give up).
+    assert answers[carol] == b""
+    # alice: bob and carol joined, 100 messages; bob: carol joined.
+    assert first.wait_for_log(STATE_WRITTEN).groups() == ("3", "103")
+
+    # A short peer timeout from now on, so that bob's leaving is quick to see.
+    second, url = start_pcsignal(run_twistd, *options, "--peer-timeout", "3")
+    assert second.wait_for_log(STATE_RESTORED).groups() == ("3", "103")
+    assert not os.path.exists(path)
+    got = [native(url, "GET", "/wait?peer_id=%d" % alice) for _ in range(102)]
+    assert [(a.pragma, a.body) for a in got[:2]] == [
+        (alice, b"bob,%d,1\n" % bob), (alice, b"carol,%d,1\n" % carol)]
+    assert [(a.pragma, a.body) for a in got[2:]] == [
+        (bob, b"message %03d" % i) for i in range(100)]
+    assert (alice, bob, carol) == (1, 2, 3)
+    assert native(url, "GET", "/sign_in?dave").pragma == 4  # the allocator went on
+    # (dave joins and leaves before anyone is told: nobody hears of him.)
+    assert native(url, "GET", "/sign_out?peer_id=4").status == 200
+    # alice and carol come back and wait; bob does not, and leaves as usual.
+    threads = [wait_in_thread(url, peer, answers) for peer in (alice, carol)]
+    for t in threads:
+        t.join(15)
+    for peer in (alice, carol):
+        answer = parse_answer(answers[peer])
+        assert (answer.status, answer.body) == (200, b"bob,%d,0\n" % bob), answers[peer]
+    second.wait_for_log(r"timed out after 3s without /wait: 'bob' \(2\)")
+    assert "Traceback" not in first.output() + second.output()
+
+
+def test_a_truncated_state_file_is_set_aside_and_the_server_starts_empty(tmp_path, run_twistd):
+    path = str(tmp_path / "state.json")
+    first, url = start_pcsignal(run_twistd, "--state-file", path)
+    peer = native(url, "GET", "/sign_in?alice").pragma
+    native(url, "POST", "/message?peer_id=%d&to=%d" % (peer, peer), b"to myself")
+    assert first.stop() in (0, -signal.SIGTERM)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+    second, url = start_pcsignal(run_twistd, "--state-file", path)
+    line = second.wait_for_log(r"state file \S+ unusable, starting empty: not a complete JSON "
+                               r"document \(.*\); moved to (\S+)$")
+    assert os.path.exists(line.group(1)) and not os.path.exists(path)
+    assert native(url, "GET", "/wait?peer_id=%d" % peer).status == 500  # forgotten
+    assert native(url, "GET", "/sign_in?bob").status == 200
+    assert "Traceback" not in second.output()
