@@ -51,6 +51,8 @@ SERVICE = os.path.join(ETC, "pcsignal.service")
 SOCKET = os.path.join(ETC, "pcsignal.socket")
 LOOPBACK = os.path.join(ETC, "pcsignal.socket.d", "loopback.conf")
 DEFAULTS = os.path.join(ETC, "default", "pcsignal")
+CONFIG = os.path.join(ETC, "pcsignal.conf")
+INSTALLED_CONFIG = "/etc/pcsignal/pcsignal.conf"
 MAX_EXPOSURE = 2.0
 
 
@@ -121,13 +123,36 @@ def test_socket_and_service_agree():
     assert "pcsignal.socket" in unit_setting(SERVICE, "Requires").split()
 
 
-def service_command(**overrides):
-    """pcsignal.service's ExecStart=, expanded with etc/default/pcsignal."""
+def installed_config(directory):
+    """
+    etc/pcsignal.conf as installed, in ``directory``, with its state
+    directory (StateDirectory= in the unit) moved there too; returns its path.
+    """
+    with open(CONFIG, encoding="utf-8") as f:
+        text = f.read()
+    state_directory = "/var/lib/" + unit_setting(SERVICE, "StateDirectory")
+    assert state_directory + "/" in text
+    path = os.path.join(directory, "pcsignal.conf")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text.replace(state_directory, directory))
+    return path
+
+
+@pytest.fixture
+def config(tmp_path):
+    return installed_config(str(tmp_path))
+
+
+def service_command(config, **overrides):
+    """
+    pcsignal.service's ExecStart=, expanded with etc/default/pcsignal, with
+    the options file at ``config`` (see installed_config).
+    """
     env = environment_file(DEFAULTS)
     env.update(overrides)
     argv = expand_command(unit_setting(SERVICE, "ExecStart"), env)
-    assert argv[0] == INSTALLED_TWISTD
-    return [TWISTD] + argv[1:]
+    assert argv[0] == INSTALLED_TWISTD and INSTALLED_CONFIG in argv
+    return [TWISTD] + [config if a == INSTALLED_CONFIG else a for a in argv[1:]]
 
 
 def loopback_addresses():
@@ -149,7 +174,7 @@ def free_port(host, family):
         return s.getsockname()[1]
 
 
-def start_socket_activate(processes, host, family):
+def start_socket_activate(processes, config, host, family):
     """
     systemd-socket-activate listening on host (on a free port), ready to
     start pcsignal as pcsignal.service would.
@@ -167,7 +192,7 @@ def start_socket_activate(processes, host, family):
                 # It passes only these (and a few standard) variables on.
                 "--setenv=PYTHONPATH=" + ROOT,
                 "--setenv=PYTHONUNBUFFERED=1",
-                *service_command(),
+                *service_command(config),
             ]
         )
         processes.append(p)
@@ -195,7 +220,7 @@ class ConnectTo:
 
 @pytest.mark.parametrize("host, family", loopback_addresses(), ids=["IPv6", "IPv4"])
 @pytest_twisted.ensureDeferred
-async def test_socket_activation(processes, host, family):
+async def test_socket_activation(processes, config, host, family):
     """
     pcsignal runs from systemd's socket: the first connection is made before
     pcsignal even starts (systemd-socket-activate starts it on that
@@ -203,7 +228,7 @@ async def test_socket_activation(processes, host, family):
     and /metrics and /healthz answer.  The same ExecStart= serves an IPv6 and
     an IPv4 socket.
     """
-    p, port = start_socket_activate(processes, host, family)
+    p, port = start_socket_activate(processes, config, host, family)
     base = "http://localhost:%d" % port
     client = HTTPClient(Agent.usingEndpointFactory(reactor, ConnectTo(host, family)))
 
@@ -279,10 +304,10 @@ class HeldSocket:
     from /etc/default/pcsignal) and waits until it listens.
     """
 
-    def __init__(self, processes, backlog, **env):
+    def __init__(self, processes, backlog, config, **env):
         self.processes = processes
         self.name = unit_setting(SOCKET, "FileDescriptorName")
-        self.command = service_command(**env)
+        self.command = service_command(config, **env)
         self.listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         self.listener.bind(("::1", 0))
         self.listener.listen(backlog)
@@ -301,9 +326,9 @@ class HeldSocket:
 
 
 @pytest.fixture
-def held_socket(processes):
+def held_socket(processes, config):
     """A HeldSocket with the backlog of pcsignal.socket, pcsignal logging JSON."""
-    held = HeldSocket(processes, int(unit_setting(SOCKET, "Backlog")), **json_logging())
+    held = HeldSocket(processes, int(unit_setting(SOCKET, "Backlog")), config, **json_logging())
     yield held
     held.close()
 
@@ -311,9 +336,9 @@ def held_socket(processes):
 def test_restart_loses_no_connection(held_socket):
     """
     The socket outlives the daemon: a request made while pcsignal is stopped
-    is answered by the next pcsignal started on the same socket (peers signed
-    in before the restart are gone: they live in pcsignal's memory).  pcsignal
-    runs with the JSON logging shown in etc/default/pcsignal.
+    is answered by the next pcsignal started on the same socket, and the
+    peers outlive it too (the state file of etc/pcsignal.conf).  pcsignal runs
+    with the JSON logging shown in etc/default/pcsignal.
     """
     port = held_socket.port
     first = held_socket.start()
@@ -332,10 +357,26 @@ def test_restart_loses_no_connection(held_socket):
     assert response.status == 200, second.output()
     body = response.read()
     assert body.startswith(b"during,"), body
-    # Peers live in pcsignal's memory: the restart signed "before" out.
-    assert b"before," not in body, body
+    assert b"\nbefore," in body, body  # still signed in
     conn.close()
     assert second.stop() == -signal.SIGTERM, second.output()
+
+
+def test_exec_reload_applies_the_options_file(held_socket, config):
+    """
+    ``systemctl reload pcsignal`` runs ExecReload= with $MAINPID: pcsignal
+    reads its options file again and says in one line what changed.
+    """
+    p = held_socket.start()
+    with open(config, encoding="utf-8") as f:
+        text = f.read()
+    assert "\n--max-peers 10000\n" in text
+    with open(config, "w", encoding="utf-8") as f:
+        f.write(text.replace("\n--max-peers 10000\n", "\n--max-peers 5\n"))
+    reload = expand_command(unit_setting(SERVICE, "ExecReload"), {"MAINPID": str(p.proc.pid)})
+    assert subprocess.run(reload, timeout=30).returncode == 0
+    json_log_text(p, "reloaded ", r"^reloaded \S+/pcsignal\.conf: --max-peers 10000 -> 5$")
+    assert p.stop() == -signal.SIGTERM, p.output()
 
 
 class Hammer:
