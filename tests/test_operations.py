@@ -197,10 +197,15 @@ def reload(process, expected):
     return process.wait_for_log(expected)
 
 
-def test_sighup_applies_what_changed_and_refuses_a_bad_value(tmp_path, run_twistd):
+def start_with_config(tmp_path, run_twistd, text):
+    """pcsignal with an options file holding text: (process, url, the file's path)."""
     config = str(tmp_path / "pcsignal.conf")
-    write(config, "--max-message-bytes 10  # bytes\n")
-    p, url = start_pcsignal(run_twistd, "--config", config)
+    write(config, text)
+    return start_pcsignal(run_twistd, "--config", config) + (config,)
+
+
+def test_sighup_applies_what_changed_and_refuses_a_bad_value(tmp_path, run_twistd):
+    p, url, config = start_with_config(tmp_path, run_twistd, "--max-message-bytes 10  # bytes\n")
     a = native(url, "GET", "/sign_in?a").pragma
     b = native(url, "GET", "/sign_in?b").pragma
     send = "/message?peer_id=%d&to=%d" % (a, b)
@@ -300,9 +305,7 @@ def wait_in_thread(url, peer_id, answers):
 
 
 def test_sighup_changes_limits_while_waits_are_parked(tmp_path, run_twistd):
-    config = str(tmp_path / "pcsignal.conf")
-    write(config, "--max-peers 2 --peer-timeout 30\n")
-    p, url = start_pcsignal(run_twistd, "--config", config)
+    p, url, config = start_with_config(tmp_path, run_twistd, "--max-peers 2 --peer-timeout 30\n")
     alice = native(url, "GET", "/sign_in?alice").pragma
     bob = native(url, "GET", "/sign_in?bob").pragma
     assert native(url, "GET", "/wait?peer_id=%d" % alice).status == 200  # bob joined
