@@ -6,7 +6,7 @@ An endpoint string is checked when the options are parsed
 (``check_endpoint``): its type, port number, interface, files and inherited
 sockets, so a mistake is a usage error naming the option.  ``ssl:`` is
 built here from its certificate files (same parameters as Twisted's), so
-that ``ServerTLS.reload`` can replace the certificate for new connections
+that a reload (``ServerTLS.prepare_reload``) can replace the certificate for new connections
 while the port stays open.
 
 ``ListenerService.bind`` listens at once, from ``makeService``: a port in
@@ -90,7 +90,8 @@ def load_certificate_options(private_key: str, cert_key: str, chain: Optional[st
                              dh_parameters: Optional[str]):
     """
     CertificateOptions from PEM files, as Twisted's ``ssl:`` endpoint makes
-    them; returns (options, summary).  BadValue says which file is wrong.
+    them; returns (options, (certificate digest, summary for the log)).
+    BadValue says which file is wrong.
     """
     key_pem = _read(private_key, "privateKey")
     cert_pem = _read(cert_key, "certKey")
@@ -147,7 +148,7 @@ def _asn1_date(value: bytes) -> str:
 class ServerTLS:
     """
     The TLS side of an ``ssl:`` listener.  Each new connection gets the
-    certificate loaded last; ``reload`` reads the files again.
+    certificate loaded last; ``prepare_reload`` reads the files again.
     """
 
     def __init__(self, private_key, cert_key, chain=None, dh_parameters=None):

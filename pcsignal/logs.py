@@ -39,11 +39,6 @@ def set_level(name: str) -> None:
     debug = name == "debug"
 
 
-def level() -> str:
-    """The level in force, by name."""
-    return _levels.logLevelForNamespace(None).name
-
-
 def logger(namespace: str) -> Logger:
     return Logger(namespace=namespace, observer=observer)
 

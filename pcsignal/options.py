@@ -65,18 +65,6 @@ def port_number(text: str) -> int:
     return value
 
 
-def readable_file(path: str) -> str:
-    """A file this process can read now (a certificate, a key, a secret)."""
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as e:
-        raise BadValue("cannot read %s: %s" % (path, e.strerror or e))
-    if os.path.isdir(path):
-        raise BadValue("%s is a directory, not a file" % (path,))
-    return path
-
-
 def writable_file(path: str) -> str:
     """A file this process may create or replace: its directory exists and is writable."""
     directory = os.path.dirname(os.path.abspath(path))

@@ -240,11 +240,11 @@ def _checked_uri(option, parse, text):
 
 class SignalingService(service.Service):
     """
-    Owns the channel.  On stop: with a state file, hangs up every connection
-    (a parked wait gets no answer, so the native client simply asks again,
-    and finds the next process), closes the channel and writes the state;
-    without one, every parked wait gets ``503 Server shutting down.``.  Then
-    lets the answers reach their clients.
+    Owns the channel.  On stop: with a state file, hangs up the connections
+    of parked waits (no answer, so the native client simply asks again, and
+    finds the next process), closes the channel, drains the connections and
+    writes the state; without one, every parked wait gets ``503 Server
+    shutting down.`` and the connections drain.
     """
 
     def __init__(self, channel, site, state_file=None):

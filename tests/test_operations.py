@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import LISTENING, ROOT, TWISTD, LoggedProcess, start_pcsignal
+from conftest import ROOT, TWISTD, LoggedProcess, start_pcsignal
 from deploy_support import write_certificate_chain
 from httpclients import native, parse_answer
 
