@@ -201,7 +201,8 @@ class Options(CheckedOptions):
             self["endpoints"].append(check_endpoint("tcp:%d" % (self["port"],), reactor, "port",
                                                     str(self["port"])))
         if not self["endpoints"]:
-            self["endpoints"].append(check_endpoint("tcp:8888", reactor, "listen"))
+            self["endpoints"].append(check_endpoint("tcp:8888", reactor, "port",
+                                                    "8888 (the default)"))
         self["internal-endpoints"] = [check_endpoint(d, reactor, "internal-listen")
                                       for d in self["internal-listen"]]
         if self["turn-uris"] and not self["turn-secret-file"]:
