@@ -42,6 +42,8 @@ class Change:
 
 
 def _shown(value) -> str:
+    if value is None:
+        return "(default)"
     return "%g" % value if isinstance(value, float) else str(value)
 
 

@@ -319,7 +319,21 @@ def _set_idle_timeout(site, seconds):
     site.timeOut = seconds  # new connections; open ones keep theirs
 
 
-def make_reloader(config, reactor, channel, site, endpoints):
+def _sign_in_limit_part(site):
+    """Reload prepare function for the sign-in rate limit, which reads its
+    rate and burst at each sign-in.  Turning it on or off takes a restart."""
+
+    def prepare(current, new):
+        limit = site.sign_in_limit
+        if limit is None or new["sign-in-rate"] == 0:
+            return restart_only("sign-in-rate", "sign-in-burst")(current, new)
+        return (setting("sign-in-rate", lambda v: setattr(limit, "rate", v))(current, new)
+                + setting("sign-in-burst", lambda v: setattr(limit, "burst", v))(current, new))
+
+    return prepare
+
+
+def make_reloader(config, reactor, channel, site, endpoints, max_connections):
     reloader = Reloader(config, reactor)
     reloader.register(setting("log-level", logs.set_level))
     for prepare in _limits_part(channel):
@@ -328,6 +342,9 @@ def make_reloader(config, reactor, channel, site, endpoints):
     reloader.register(setting("request-timeout", lambda v: setattr(site, "request_timeout", v)))
     reloader.register(setting("idle-timeout", lambda v: _set_idle_timeout(site, v)))
     reloader.register(flag("access-log", lambda v: setattr(site, "access_log", v)))
+    reloader.register(_sign_in_limit_part(site))
+    reloader.register(setting("max-connections",
+                              lambda v: setattr(site, "max_connections", v or max_connections)))
     reloader.register(_tls_part(endpoints))
     reloader.register(_turn_secret_part(config["turn-secret"]))
     reloader.register(restart_only("listen", "port", "internal-listen", "sequential-ids",
@@ -376,7 +393,7 @@ def makeService(config, reactor=None):
     top = service.MultiService()
     SignalingService(channel, site, config["state-file"]).setServiceParent(top)
     endpoints = config["endpoints"] + internal
-    make_reloader(config, reactor, channel, site, endpoints).setServiceParent(top)
+    make_reloader(config, reactor, channel, site, endpoints, max_connections).setServiceParent(top)
     listeners = [ListenerService(e, site, reactor=reactor) for e in config["endpoints"]]
     if internal:
         internal_site = InternalSite(channel, metrics, reactor=reactor)

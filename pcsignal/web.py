@@ -882,6 +882,7 @@ class InternalSite(SignalingSite):
     """/healthz and /metrics alone, for ``--internal-listen``; anything else is 404."""
 
     def __init__(self, channel: IChannel, metrics, reactor=None):
-        SignalingSite.__init__(self, channel, metrics=metrics, reactor=reactor)
+        # Its own requests and connections are not counted with the clients'.
+        SignalingSite.__init__(self, channel, reactor=reactor)
         self.routes = health_and_metrics(channel, metrics)
         self.resource = NotFound()

@@ -211,19 +211,24 @@ def test_sighup_applies_what_changed_and_refuses_a_bad_value(tmp_path, run_twist
     assert native(url, "POST", send, b"x" * 15).status == 413
     source = re.escape(config)
 
-    write(config, "--max-message-bytes 20\n--log-level debug\n--access-log\n")
+    changed = ("--max-message-bytes 20\n--log-level debug\n--access-log\n"
+               "--sign-in-rate 0.01 --sign-in-burst 2\n--max-connections 50\n")
+    write(config, changed)
     reload(p, r"reloaded %s: --log-level info -> debug, --max-message-bytes 10 -> 20, "
-              r"--access-log on$" % source)
+              r"--access-log on, --sign-in-rate 10 -> 0\.01, --sign-in-burst 100 -> 2, "
+              r"--max-connections \(default\) -> 50$" % source)
     assert native(url, "POST", send, b"y" * 15).status == 200
     p.wait_for_log(r"message %d -> %d: 15 bytes" % (a, b))  # debug is on
     p.wait_for_log(r'pcsignal\.access.*"POST /message\?peer_id=%d' % a)
+    # The new sign-in limit counts from its burst of 2.
+    assert [native(url, "GET", "/sign_in?c%d" % i).status for i in range(3)] == [200, 200, 429]
 
     # All or nothing: one bad value, and nothing changes.
     write(config, "--max-message-bytes 30\n--log-level info\n--request-timeout -1\n")
     reload(p, r"reload of %s refused, nothing changed: --request-timeout must be positive, "
               r"not '-1' \(in --config %s\)$" % (source, source))
     assert native(url, "POST", send, b"z" * 25).status == 413  # still 20
-    write(config, "--max-message-bytes 20\n--log-level debug\n--access-log\n--sequential-ids\n")
+    write(config, changed + "--sequential-ids\n")
     reload(p, r"reloaded %s: nothing changed; --sequential-ids differs but needs a restart$"
            % source)
     os.unlink(config)
