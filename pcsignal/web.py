@@ -318,6 +318,7 @@ class SignalingHTTPChannel(HTTPChannel):
     _deadline = None
     _head_bytes = None  # bytes of the request head read so far; None between requests
     _header_lines = 0
+    fresh = True  # nothing received yet
 
     def writeHeaders(self, version, code, reason, headers):
         HTTPChannel.writeHeaders(self, b"HTTP/1.1", code, reason, headers)
@@ -334,6 +335,7 @@ class SignalingHTTPChannel(HTTPChannel):
         return self._host
 
     def dataReceived(self, data):
+        self.fresh = False
         if self._deadline is None and not self._handlingRequest:
             self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
         HTTPChannel.dataReceived(self, data)
@@ -698,9 +700,18 @@ class StaticRoot(resource.Resource):
         return child
 
 
+def health_and_metrics(channel: IChannel, metrics=None) -> dict:
+    """The routes of /healthz and (with metrics) /metrics."""
+    routes = {b"/healthz": Healthz(channel)}
+    if metrics is not None:
+        routes[b"/metrics"] = Metrics(metrics.registry)
+    return routes
+
+
 class SignalingSite(server.Site):
     """
     The Site: protocol root, limits, and the hooks for metrics and logs.
+    ``internal_routes=False`` leaves /healthz and /metrics to an InternalSite.
 
     Access logging is off unless asked for: request lines carry peer names
     and ids.
@@ -725,6 +736,7 @@ class SignalingSite(server.Site):
         max_connections: Optional[int] = None,
         ice_settings: ice.IceSettings = ice.IceSettings(),
         turn_secret=None,
+        internal_routes: bool = True,
     ):
         """
         ``sign_in_rate`` sign-ins a second per client address, after a burst
@@ -741,11 +753,10 @@ class SignalingSite(server.Site):
             protocol.SIGN_OUT: SignOut(channel),
             protocol.WAIT: Wait(channel),
             protocol.MESSAGE: Message(channel),
-            b"/healthz": Healthz(channel),
             ice.PATH: IceServers(channel, ice_settings, turn_secret),
         }
-        if metrics is not None:
-            self.routes[b"/metrics"] = Metrics(metrics.registry)
+        if internal_routes:
+            self.routes.update(health_and_metrics(channel, metrics))
         # Bodies are opaque messages, never forms: no form parsing (it is
         # slow, and would turn a multipart-typed message into a 400).
         server.Site.__init__(self, StaticRoot(), parsePOSTFormSubmission=False,
@@ -771,23 +782,47 @@ class SignalingSite(server.Site):
             return RefusedConnection()
         return server.Site.buildProtocol(self, addr)
 
-    def drain(self, grace: float = 5.0) -> Deferred:
+    def drain(self, grace: float = 5.0, fresh_grace: float = 1.0) -> Deferred:
         """
-        Fire once every connection has closed: idle ones are closed now,
-        answered ones close after their answer is flushed; whatever is left
-        after ``grace`` seconds is aborted.
+        Fire once every connection has closed: idle keep-alive ones are
+        closed now, answered ones close after their answer is flushed.  A
+        connection accepted just before the stop whose request has not been
+        read yet gets ``fresh_grace`` seconds to send it (closing it would
+        fail a request the client already sent).  Whatever is left after
+        ``grace`` seconds is aborted.
         """
         self.stopping = True
         self.refusals.stop()
         if not self.connections:
             return succeed(None)
         for conn in list(self.connections):
-            if not conn.requests:
+            if not conn.requests and not conn.fresh:
                 conn.transport.loseConnection()
         self._drained = Deferred()
-        timer = self.reactor.callLater(grace, self._abort_all)
-        self._drained.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        timers = [self.reactor.callLater(min(fresh_grace, grace), self._close_fresh),
+                  self.reactor.callLater(grace, self._abort_all)]
+        self._drained.addBoth(lambda r: ([t.cancel() for t in timers if t.active()], r)[1])
         return self._drained
+
+    def _close_fresh(self):
+        for conn in list(self.connections):
+            if not conn.requests:
+                conn.transport.loseConnection()
+
+    def hang_up(self) -> None:
+        """
+        Close every connection whose requests are parked waits, without an
+        answer: a stop that keeps the peers (``--state-file``).  The native
+        client re-issues a /wait whose connection closed, and reaches the
+        next process; a 503 would make it give up.
+        """
+        self.stopping = True
+        for conn in list(self.connections):
+            if conn.requests and all(getattr(r, "path", None) == protocol.WAIT
+                                     for r in conn.requests):
+                for request in conn.requests:
+                    request.gone = True
+                conn.transport.loseConnection()
 
     def _abort_all(self):
         for conn in list(self.connections):
@@ -820,3 +855,13 @@ class SignalingSite(server.Site):
                 code=request.code,
                 length=request.sentLength,
             )
+
+
+class InternalSite(SignalingSite):
+    """/healthz and /metrics alone, for ``--internal-listen``; anything else is 404."""
+
+    def __init__(self, channel: IChannel, metrics, reactor=None):
+        # Its own requests and connections are not counted with the clients'.
+        SignalingSite.__init__(self, channel, reactor=reactor)
+        self.routes = health_and_metrics(channel, metrics)
+        self.resource = NotFound()
