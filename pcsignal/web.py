@@ -56,6 +56,7 @@ TEXT = b"text/plain"
 JSON = b"application/json"
 PROMETHEUS_TEXT = CONTENT_TYPE_LATEST.encode("ascii")
 _access_log = logs.logger("pcsignal.access")
+_web_log = logs.logger("pcsignal.web")
 
 # Status and reason phrase for each refusal; the body is the error's text.
 _STATUS = {
@@ -720,7 +721,6 @@ class SignalingSite(server.Site):
     protocol = SignalingHTTPChannel
     requestFactory = SignalingRequest
     noisy = False
-    logger = logs.logger('pcsignal.web')
 
     def __init__(
         self,
@@ -768,7 +768,7 @@ class SignalingSite(server.Site):
         self.access_log = access_log
         self.metrics = metrics
         self.connections: set[SignalingHTTPChannel] = set()
-        self.refusals = RefusalLog(self.logger, reactor)
+        self.refusals = RefusalLog(_web_log, reactor)
         self.stopping = False
         self._drained: Optional[Deferred] = None
         if metrics is not None:
@@ -837,7 +837,7 @@ class SignalingSite(server.Site):
             self.metrics.rejections.labels(why).inc()
 
     def log_failure(self, failure: Failure) -> None:
-        self.logger.failure("request failed", failure)
+        _web_log.failure("request failed", failure)
 
     def observe_request(self, request: SignalingRequest) -> None:
         if self.metrics is not None:

@@ -543,3 +543,16 @@ def test_long_names_are_clipped_in_log_lines(harness):
         globalLogPublisher.removeObserver(events.append)
     lines = [formatEvent(e) for e in events if "sign-in" in e.get("log_format", "")]
     assert lines and all(len(line) < 300 and "(512 characters)" in line for line in lines), lines
+
+
+def test_channel_events_carry_the_channel_namespace():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        MemoryHarness().make().sign_in(b"a")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert {e["log_namespace"] for e in events if "sign-in" in e.get("log_format", "")} == {
+        "pcsignal.channel"}

@@ -39,6 +39,9 @@ from pcsignal.channel import (
     random_ids,
 )
 
+# A module-level logger: as a class attribute, a Logger renames itself after the class.
+log = logs.logger("pcsignal.channel")
+
 # Rebuild a mailbox once this many cancelled notifications sit in it (and
 # they outnumber the live items), so churn cannot grow it without bound.
 _COMPACT_AFTER = 64
@@ -116,7 +119,6 @@ class MemoryChannel:
     dropped exactly as if it had signed out.
     """
 
-    log = logs.logger("pcsignal.channel")
     problem = None  # nothing outside this process can fail it
 
     def __init__(
@@ -154,7 +156,7 @@ class MemoryChannel:
         self._members[peer_id] = member
         self._arm_timeout(member)
         self._drop_slow(dropped)
-        self.log.info("sign-in {name!r} as {peer_id} ({count} peers)",
+        log.info("sign-in {name!r} as {peer_id} ({count} peers)",
                       name=logs.clip(member.name), peer_id=peer_id, count=len(self._members))
         if self.metrics:
             self.metrics.sign_ins.inc()
@@ -196,7 +198,7 @@ class MemoryChannel:
         self.queued_bytes += len(body)
         self._hand_out(target)
         if logs.debug:
-            self.log.debug("message {from_id} -> {to_id}: {size} bytes",
+            log.debug("message {from_id} -> {to_id}: {size} bytes",
                            from_id=from_id, to_id=to_id, size=len(body))
         if self.metrics:
             self.metrics.messages.inc()
@@ -408,7 +410,7 @@ class MemoryChannel:
             member.in_flight.clear()
             member.returned.clear()
             member.presence.clear()
-            self.log.info("{why}: {name!r} ({peer_id}), {count} peers left",
+            log.info("{why}: {name!r} ({peer_id}), {count} peers left",
                           why=why, name=logs.clip(member.name), peer_id=member.peer_id,
                           count=len(self._members))
             for slow in self._notify_all(notification(member.name, member.peer_id, False)):
