@@ -44,6 +44,7 @@ setup(
     include_package_data=True,
     install_requires=[
         "Twisted[tls]>=24.7.0",
+        "pyOpenSSL>=21.0.0",
         "zope.interface>=5.0",
         "prometheus-client>=0.20.0",
     ],

@@ -49,9 +49,6 @@ class Entry:
     peer_id: int
     connected: bool
 
-    def encode(self) -> bytes:
-        return format_entry(self.name, self.peer_id, self.connected)
-
 
 def format_entry(name: str, peer_id: int, connected: bool) -> bytes:
     return b"%s,%d,%d\n" % (name.encode("utf-8"), peer_id, 1 if connected else 0)
@@ -150,12 +147,6 @@ def query_to(query: bytes) -> Optional[int]:
         if found == 0 or query[found - 1 : found] == b"&":
             return atoi(query[found + 3 :])
         start = found + 3
-
-
-def split_target(target: bytes) -> tuple[bytes, bytes]:
-    """Split a request target into path and query (the text after ``?``)."""
-    path, _, query = target.partition(b"?")
-    return path, query
 
 
 # -- messages between peers ----------------------------------------------------

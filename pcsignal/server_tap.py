@@ -1,32 +1,66 @@
 """
 ``twistd pcsignal``: options and the service tree.
 
-The service is a MultiService: one listener per endpoint string (anything
-``endpoints.serverFromString`` takes: tcp:, ssl:, unix:, systemd:, ...) and
-the signaling service that owns the channel and, on stop, answers every
-parked wait and lets the answers reach their clients before exiting.
+Every option is checked when it is parsed (twistd's usage error names it).
+makeService then listens on every endpoint at once, so a port in use ends
+start-up with one line naming the option and the address; then it loads
+the ``--state-file``, if any.  The services:
+
+- one listener per endpoint string (anything ``endpoints.serverFromString``
+  takes: tcp:, ssl:, unix:, systemd:, ...), and per ``--internal-listen``;
+- the signaling service, which owns the channel and, on stop, answers (or,
+  with a state file, hangs up) every parked wait, lets the answers reach
+  their clients, and writes the state file;
+- the reloader (SIGHUP).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import getopt
+import shlex
+import sys
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.python import usage
 
-from pcsignal import ice, logs, __version__
+from pcsignal import ice, logs, __version__, state
 from pcsignal.channel import Limits, random_ids, sequential_ids
 from pcsignal.channel.memory import MemoryChannel
 from pcsignal.fds import default_max_connections, raise_open_files_limit
-from pcsignal.listeners import ListenerService
+from pcsignal.listeners import ListenerService, check_endpoint
 from pcsignal.metrics import ServerMetrics
-from pcsignal.options import non_negative_float, positive_float, positive_int
-from pcsignal.turn_secret import TurnSecret, UnusableSecretFile
-from pcsignal.web import SignalingSite
+from pcsignal.options import (
+    BadValue,
+    Options as CheckedOptions,
+    bad_option,
+    non_negative_float,
+    port_number,
+    positive_float,
+    positive_int,
+    writable_file,
+)
+from pcsignal.reload import Change, Reloader, flag, restart_only, setting
+from pcsignal.turn_secret import TurnSecret, UnusableSecretFile, read_secret
+from pcsignal.web import InternalSite, SignalingSite
 
 log = logs.logger('pcsignal.server')
 
 
-class Options(usage.Options):
+def config_words(path: str) -> list[str]:
+    """The options in a --config file: as on a command line, # starts a comment."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            words = shlex.split(f.read(), comments=True)
+    except OSError as e:
+        raise bad_option("config", "%s: cannot read it: %s" % (path, e.strerror or e))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad_option("config", "%s: %s" % (path, e))
+    return words
+
+
+class Options(CheckedOptions):
     synopsis = "[options]"
     longdesc = (
         "WebRTC signaling server, wire-compatible with WebRTC's example "
@@ -36,8 +70,11 @@ class Options(usage.Options):
     )
 
     optParameters = [
+        ["config", None, None, "Read options from this file too, before the command line's "
+         "(written as on the command line, any number per line, # comments). SIGHUP "
+         "reads it again and applies what can change without a restart."],
         ["port", "p", None, "Listen on this TCP port, all interfaces "
-         "(shorthand for --listen tcp:PORT). Default when no --listen: 8888.", int],
+         "(shorthand for --listen tcp:PORT). Default when no --listen: 8888.", port_number],
         ["peer-timeout", None, 30.0, "Drop a peer that has had no /wait parked for "
          "this many seconds, as if it had signed out.", positive_float],
         ["max-peers", None, 10000, "Most peers signed in at once; sign-in beyond it "
@@ -66,9 +103,11 @@ class Options(usage.Options):
         ["log-level", None, "info", "Least severe pcsignal events logged: debug (adds "
          "one line per message relayed; never bodies), info (sign-in, sign-out, "
          "timeouts, refusals), warn, error, critical."],
+        ["state-file", None, None, "Keep peers and their queued messages across a "
+         "restart: written here on a graceful stop, read (then removed) at start."],
         ["turn-secret-file", None, None, "File holding the TURN server's shared secret "
          "(coturn's static-auth-secret): /ice-servers hands signed-in peers TURN "
-         "credentials made with it. Read at start; never logged."],
+         "credentials made with it. Read at start and on SIGHUP; never logged."],
         ["turn-ttl", None, ice.DEFAULT_TTL, "Seconds the TURN credentials from "
          "/ice-servers stay valid.", positive_int],
     ]
@@ -81,17 +120,25 @@ class Options(usage.Options):
     ]
 
     def __init__(self):
-        usage.Options.__init__(self)
+        CheckedOptions.__init__(self)
         self["listen"] = []
+        self["internal-listen"] = []
         self["turn-uris"] = []
         self["stun-uris"] = []
         self["turn-secret"] = None
+        self.argv: list[str] = []
+        self._probing = False
 
     def opt_listen(self, endpoint):
         """Listen on this Twisted server endpoint string; repeatable. Examples:
         tcp:8888:interface=127.0.0.1, ssl:443:privateKey=key.pem:certKey=cert.pem,
         unix:/run/pcsignal.sock, systemd:domain=INET6:index=0."""
         self["listen"].append(endpoint)
+
+    def opt_internal_listen(self, endpoint):
+        """Serve /metrics and /healthz on this endpoint (repeatable), and no
+        longer on the --listen ones; e.g. tcp:9888:interface=127.0.0.1."""
+        self["internal-listen"].append(endpoint)
 
     def opt_turn_uri(self, uri):
         """TURN server for /ice-servers, e.g. turn:HOST:3478?transport=udp (repeatable; needs --turn-secret-file)."""
@@ -101,9 +148,63 @@ class Options(usage.Options):
         """STUN server for /ice-servers, e.g. stun:turn.example.org:3478; repeatable."""
         self["stun-uris"].append(_checked_uri("--stun-uri", ice.parse_stun_uri, uri))
 
+    def opt_version(self):
+        """Print the version and exit."""
+        print("pcsignal %s" % (__version__,))
+        raise SystemExit(0)
+
+    def parseOptions(self, options=None):
+        if options is None:
+            options = sys.argv[1:]
+        self.argv = list(options)
+        path = self._config_path(self.argv)
+        if path is not None:
+            words = config_words(path)
+            self._check_config(path, words)
+            options = words + self.argv
+        CheckedOptions.parseOptions(self, options)
+
+    def _config_path(self, argv):
+        try:
+            opts, _ = getopt.getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e))
+        paths = [value for name, value in opts if name == "--config"]
+        if len(paths) > 1:
+            raise bad_option("config", "is given twice")
+        return paths[0] if paths else None
+
+    def _check_config(self, path, words):
+        """Parse the file's options alone, so an error there says where it is."""
+        probe = type(self)()
+        probe._probing = True
+        try:
+            _, rest = getopt.getopt(words, self.shortOpt, self.longOpt)
+            if rest:
+                raise usage.UsageError("%r is not an option" % (rest[0],))
+            CheckedOptions.parseOptions(probe, words)
+        except usage.UsageError as e:
+            raise usage.UsageError("%s (in --config %s)" % (e, path))
+        if probe["config"] is not None:
+            raise bad_option("config", "%s: a --config file cannot name another" % (path,))
+
     def postOptions(self):
+        if self._probing:
+            return
+        from twisted.internet import reactor
+
         if self["log-level"] not in logs.LEVELS:
-            raise usage.UsageError("--log-level must be one of " + ", ".join(logs.LEVELS))
+            raise bad_option("log-level", "must be one of %s, not %r"
+                             % (", ".join(logs.LEVELS), self["log-level"]))
+        self["endpoints"] = [check_endpoint(d, reactor, "listen") for d in self["listen"]]
+        if self["port"] is not None:
+            self["endpoints"].append(check_endpoint("tcp:%d" % (self["port"],), reactor, "port",
+                                                    str(self["port"])))
+        if not self["endpoints"]:
+            self["endpoints"].append(check_endpoint("tcp:8888", reactor, "port",
+                                                    "8888 (the default)"))
+        self["internal-endpoints"] = [check_endpoint(d, reactor, "internal-listen")
+                                      for d in self["internal-listen"]]
         if self["turn-uris"] and not self["turn-secret-file"]:
             raise usage.UsageError("--turn-uri needs --turn-secret-file (the secret the "
                                    "TURN server checks credentials with)")
@@ -114,15 +215,21 @@ class Options(usage.Options):
                 self["turn-secret"] = TurnSecret(self["turn-secret-file"])
             except UnusableSecretFile as e:
                 raise usage.UsageError("--turn-secret-file: %s" % (e,))
-        if self["port"] is not None:
-            self["listen"].append("tcp:%d" % (self["port"],))
-        if not self["listen"]:
-            self["listen"].append("tcp:8888")
+        if self["state-file"] is not None:
+            if self.get("redis"):
+                raise usage.UsageError(
+                    "--state-file and --redis exclude each other: with --redis, peers and "
+                    "messages already live in Redis and survive a restart")
+            try:
+                writable_file(self["state-file"])
+            except BadValue as e:
+                raise bad_option("state-file", "%s: %s" % (self["state-file"], e))
 
-    def opt_version(self):
-        """Print the version and exit."""
-        print("pcsignal %s" % (__version__,))
-        raise SystemExit(0)
+    def reparse(self) -> "Options":
+        """The options parsed again from the same sources (for a reload)."""
+        fresh = type(self)()
+        fresh.parseOptions(self.argv)
+        return fresh
 
 
 def _checked_uri(option, parse, text):
@@ -134,21 +241,118 @@ def _checked_uri(option, parse, text):
 
 class SignalingService(service.Service):
     """
-    Owns the channel; on stop, answers parked waits, settles the answers
-    still in flight from what their sockets show, and drains connections.
+    Owns the channel.  On stop: with a state file, hangs up the connections
+    of parked waits (no answer, so the native client simply asks again, and
+    finds the next process), closes the channel, settles the answers still in
+    flight from what their sockets show, drains the connections and writes
+    the state; without one, every parked wait gets ``503 Server shutting
+    down.``, the answers in flight are settled and the connections drain.
     """
 
-    def __init__(self, channel, site):
+    def __init__(self, channel, site, state_file=None):
         self.channel = channel
         self.site = site
+        self.state_file = state_file
 
     def stopService(self):
         service.Service.stopService(self)
         self.site.stopping = True
+        if self.state_file is not None:
+            self.site.hang_up()
         d = defer.maybeDeferred(self.channel.close)
         d.addCallback(lambda _: self.site.deliveries.settle_all())
         d.addCallback(lambda _: self.site.drain())
+        if self.state_file is not None:
+            d.addCallback(lambda _: state.save(self.state_file, self.channel))
         return d
+
+
+def _limits_part(channel):
+    """Reload prepare functions for the channel's limits (a new frozen Limits each)."""
+    fields = {"peer-timeout": "peer_timeout", "max-peers": "max_peers",
+              "max-queue": "max_queue", "max-queued-bytes": "max_queued_bytes"}
+
+    def apply_to(field):
+        def apply(value):
+            channel.limits = dataclasses.replace(channel.limits, **{field: value})
+        return apply
+
+    return [setting(key, apply_to(field)) for key, field in fields.items()]
+
+
+def _tls_part(endpoints):
+    """Reload prepare function: read every ssl: listener's certificate files again."""
+
+    def prepare(current, new):
+        changes = []
+        for endpoint in endpoints:
+            if endpoint.tls is None:
+                continue
+            try:
+                apply, summary = endpoint.tls.prepare_reload()
+            except BadValue as e:
+                raise bad_option(endpoint.option.lstrip("-"), "%s: %s" % (endpoint.description, e))
+            if apply is not None:
+                changes.append(Change("certificate of %s replaced (%s)"
+                                      % (endpoint.named, summary), apply))
+        return changes
+
+    return prepare
+
+
+def _turn_secret_part(secret):
+    """Reload prepare function: read the TURN secret file again (never logged)."""
+
+    def prepare(current, new):
+        if secret is None:
+            return []
+        try:
+            value = read_secret(secret.path)
+        except UnusableSecretFile as e:
+            raise bad_option("turn-secret-file", str(e))
+        if value == secret.value:
+            return []
+        return [Change("TURN secret replaced", lambda: setattr(secret, "value", value))]
+
+    return prepare
+
+
+def _set_idle_timeout(site, seconds):
+    site.timeOut = seconds  # new connections; open ones keep theirs
+
+
+def _sign_in_limit_part(site):
+    """Reload prepare function for the sign-in rate limit, which reads its
+    rate and burst at each sign-in.  Turning it on or off takes a restart."""
+
+    def prepare(current, new):
+        limit = site.sign_in_limit
+        if limit is None or new["sign-in-rate"] == 0:
+            return restart_only("sign-in-rate", "sign-in-burst")(current, new)
+        return (setting("sign-in-rate", lambda v: setattr(limit, "rate", v))(current, new)
+                + setting("sign-in-burst", lambda v: setattr(limit, "burst", v))(current, new))
+
+    return prepare
+
+
+def make_reloader(config, reactor, channel, site, endpoints, max_connections):
+    reloader = Reloader(config, reactor)
+    reloader.register(setting("log-level", logs.set_level))
+    for prepare in _limits_part(channel):
+        reloader.register(prepare)
+    reloader.register(setting("max-message-bytes", lambda v: setattr(site, "max_message_bytes", v)))
+    reloader.register(setting("request-timeout", lambda v: setattr(site, "request_timeout", v)))
+    reloader.register(setting("idle-timeout", lambda v: _set_idle_timeout(site, v)))
+    reloader.register(flag("access-log", lambda v: setattr(site, "access_log", v)))
+    reloader.register(_sign_in_limit_part(site))
+    reloader.register(setting("max-connections",
+                              lambda v: setattr(site, "max_connections", v or max_connections)))
+    reloader.register(_tls_part(endpoints))
+    reloader.register(_turn_secret_part(config["turn-secret"]))
+    reloader.register(restart_only("listen", "port", "internal-listen", "sequential-ids",
+                                   "state-file", "turn-secret-file", "turn-uris", "stun-uris",
+                                   "turn-ttl"))
+    return reloader
 
 
 def makeService(config, reactor=None):
@@ -171,6 +375,7 @@ def makeService(config, reactor=None):
     logs.logger("pcsignal.limits").info(
         "open files limit {open_files}: at most {max_connections} connections",
         open_files=open_files, max_connections=max_connections)
+    internal = config["internal-endpoints"]
     site = SignalingSite(
         channel,
         max_message_bytes=config["max-message-bytes"],
@@ -182,13 +387,24 @@ def makeService(config, reactor=None):
         sign_in_rate=config["sign-in-rate"],
         sign_in_burst=config["sign-in-burst"],
         max_connections=max_connections,
+        internal_routes=not internal,
         ice_settings=ice.IceSettings(
             tuple(config["turn-uris"]), tuple(config["stun-uris"]), config["turn-ttl"]),
-        # TurnSecret.reload() re-reads the file; the next answer uses it.
         turn_secret=config["turn-secret"],
     )
     top = service.MultiService()
-    SignalingService(channel, site).setServiceParent(top)
-    for description in config["listen"]:
-        ListenerService(description, site).setServiceParent(top)
+    SignalingService(channel, site, config["state-file"]).setServiceParent(top)
+    endpoints = config["endpoints"] + internal
+    make_reloader(config, reactor, channel, site, endpoints, max_connections).setServiceParent(top)
+    listeners = [ListenerService(e, site, reactor=reactor) for e in config["endpoints"]]
+    if internal:
+        internal_site = InternalSite(channel, metrics, reactor=reactor)
+        listeners += [ListenerService(e, internal_site, "pcsignal internal listener (metrics, "
+                                      "health)", reactor=reactor) for e in internal]
+    for listener in listeners:
+        # Now, not in startService: a port in use ends start-up in one line.
+        listener.bind()
+        listener.setServiceParent(top)
+    if config["state-file"] is not None:
+        state.load(config["state-file"], channel)
     return top

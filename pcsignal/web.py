@@ -57,6 +57,7 @@ TEXT = b"text/plain"
 JSON = b"application/json"
 PROMETHEUS_TEXT = CONTENT_TYPE_LATEST.encode("ascii")
 _access_log = logs.logger("pcsignal.access")
+_web_log = logs.logger("pcsignal.web")
 
 # Status and reason phrase for each refusal; the body is the error's text.
 _STATUS = {
@@ -327,6 +328,7 @@ class SignalingHTTPChannel(HTTPChannel):
     answer = None  # a settle.Answer written here and not yet settled
     client_closed = False  # the client sent FIN: all it will send
     _write_closed = False  # we sent FIN after everything written
+    fresh = True  # nothing received yet
 
     def writeHeaders(self, version, code, reason, headers):
         HTTPChannel.writeHeaders(self, b"HTTP/1.1", code, reason, headers)
@@ -343,6 +345,7 @@ class SignalingHTTPChannel(HTTPChannel):
         return self._host
 
     def dataReceived(self, data):
+        self.fresh = False
         if self.answer is not None:
             self.answer.next_request()
         if self._deadline is None and not self._handlingRequest:
@@ -767,9 +770,18 @@ class StaticRoot(resource.Resource):
         return child
 
 
+def health_and_metrics(channel: IChannel, metrics=None) -> dict:
+    """The routes of /healthz and (with metrics) /metrics."""
+    routes = {b"/healthz": Healthz(channel)}
+    if metrics is not None:
+        routes[b"/metrics"] = Metrics(metrics.registry)
+    return routes
+
+
 class SignalingSite(server.Site):
     """
     The Site: protocol root, limits, and the hooks for metrics and logs.
+    ``internal_routes=False`` leaves /healthz and /metrics to an InternalSite.
 
     Access logging is off unless asked for: request lines carry peer names
     and ids.
@@ -778,7 +790,6 @@ class SignalingSite(server.Site):
     protocol = SignalingHTTPChannel
     requestFactory = SignalingRequest
     noisy = False
-    logger = logs.logger('pcsignal.web')
 
     def __init__(
         self,
@@ -794,6 +805,7 @@ class SignalingSite(server.Site):
         max_connections: Optional[int] = None,
         ice_settings: ice.IceSettings = ice.IceSettings(),
         turn_secret=None,
+        internal_routes: bool = True,
     ):
         """
         ``sign_in_rate`` sign-ins a second per client address, after a burst
@@ -810,11 +822,10 @@ class SignalingSite(server.Site):
             protocol.SIGN_OUT: SignOut(channel),
             protocol.WAIT: Wait(channel),
             protocol.MESSAGE: Message(channel),
-            b"/healthz": Healthz(channel),
             ice.PATH: IceServers(channel, ice_settings, turn_secret),
         }
-        if metrics is not None:
-            self.routes[b"/metrics"] = Metrics(metrics.registry)
+        if internal_routes:
+            self.routes.update(health_and_metrics(channel, metrics))
         # Bodies are opaque messages, never forms: no form parsing (it is
         # slow, and would turn a multipart-typed message into a 400).
         server.Site.__init__(self, StaticRoot(), parsePOSTFormSubmission=False,
@@ -829,7 +840,7 @@ class SignalingSite(server.Site):
         if metrics is not None:
             metrics.unsettled.set_function(lambda: len(self.deliveries))
         self.connections: set[SignalingHTTPChannel] = set()
-        self.refusals = RefusalLog(self.logger, reactor)
+        self.refusals = RefusalLog(_web_log, reactor)
         self.stopping = False
         self._drained: Optional[Deferred] = None
         if metrics is not None:
@@ -843,11 +854,14 @@ class SignalingSite(server.Site):
             return RefusedConnection()
         return server.Site.buildProtocol(self, addr)
 
-    def drain(self, grace: float = 5.0) -> Deferred:
+    def drain(self, grace: float = 5.0, fresh_grace: float = 1.0) -> Deferred:
         """
-        Fire once every connection has closed: idle ones are closed now,
-        answered ones close after their answer is flushed; whatever is left
-        after ``grace`` seconds is aborted.
+        Fire once every connection has closed: idle keep-alive ones are
+        closed now, answered ones close after their answer is flushed.  A
+        connection accepted just before the stop whose request has not been
+        read yet gets ``fresh_grace`` seconds to send it (closing it would
+        fail a request the client already sent).  Whatever is left after
+        ``grace`` seconds is aborted.
         """
         self.stopping = True
         self.refusals.stop()
@@ -855,12 +869,33 @@ class SignalingSite(server.Site):
             return succeed(None)
         for conn in list(self.connections):
             # One with an answer unsettled closes once it is settled.
-            if not conn.requests and conn.answer is None:
+            if not conn.requests and not conn.fresh and conn.answer is None:
                 conn.transport.loseConnection()
         self._drained = Deferred()
-        timer = self.reactor.callLater(grace, self._abort_all)
-        self._drained.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        timers = [self.reactor.callLater(min(fresh_grace, grace), self._close_fresh),
+                  self.reactor.callLater(grace, self._abort_all)]
+        self._drained.addBoth(lambda r: ([t.cancel() for t in timers if t.active()], r)[1])
         return self._drained
+
+    def _close_fresh(self):
+        for conn in list(self.connections):
+            if not conn.requests and conn.answer is None:
+                conn.transport.loseConnection()
+
+    def hang_up(self) -> None:
+        """
+        Close every connection whose requests are parked waits, without an
+        answer: a stop that keeps the peers (``--state-file``).  The native
+        client re-issues a /wait whose connection closed, and reaches the
+        next process; a 503 would make it give up.
+        """
+        self.stopping = True
+        for conn in list(self.connections):
+            if conn.requests and all(getattr(r, "path", None) == protocol.WAIT
+                                     for r in conn.requests):
+                for request in conn.requests:
+                    request.gone = True
+                conn.transport.loseConnection()
 
     def _abort_all(self):
         for conn in list(self.connections):
@@ -875,7 +910,7 @@ class SignalingSite(server.Site):
             self.metrics.rejections.labels(why).inc()
 
     def log_failure(self, failure: Failure) -> None:
-        self.logger.failure("request failed", failure)
+        _web_log.failure("request failed", failure)
 
     def observe_request(self, request: SignalingRequest) -> None:
         if self.metrics is not None:
@@ -893,3 +928,13 @@ class SignalingSite(server.Site):
                 code=request.code,
                 length=request.sentLength,
             )
+
+
+class InternalSite(SignalingSite):
+    """/healthz and /metrics alone, for ``--internal-listen``; anything else is 404."""
+
+    def __init__(self, channel: IChannel, metrics, reactor=None):
+        # Its own requests and connections are not counted with the clients'.
+        SignalingSite.__init__(self, channel, reactor=reactor)
+        self.routes = health_and_metrics(channel, metrics)
+        self.resource = NotFound()

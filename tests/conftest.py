@@ -9,96 +9,23 @@ loopback port.
 """
 
 import os
-import queue
-import re
-import signal
-import subprocess
 import sys
-import threading
-import time
 
 import pytest
+
+from pcsignal.bench.processes import LoggedProcess as FollowedProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
-class LoggedProcess:
-    """A process of this checkout whose output lines can be waited for."""
+class LoggedProcess(FollowedProcess):
+    """A process of this checkout (PYTHONPATH, working directory) whose output lines can be waited for."""
 
     def __init__(self, argv, env=None, pass_fds=()):
-        self.plugin = os.path.basename(argv[0])
-        self.lines = []
-        self._queue = queue.Queue()
-        child_env = dict(os.environ)
-        child_env["PYTHONPATH"] = ROOT + os.pathsep + child_env.get("PYTHONPATH", "")
-        child_env["PYTHONUNBUFFERED"] = "1"
+        child_env = {"PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         child_env.update(env or {})
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child_env,
-            cwd=ROOT,
-            pass_fds=pass_fds,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_for_log(self, pattern, timeout=30):
-        """Block until a log line matches; return the match. Fails on exit."""
-        regex = re.compile(pattern)
-        for line in self.lines:
-            m = regex.search(line)
-            if m:
-                return m
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(
-                    "%s: no log line matching %r within %ss; log:\n%s"
-                    % (self.plugin, pattern, timeout, self.output())
-                )
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(
-                    "%s exited (%s) before logging %r; log:\n%s"
-                    % (self.plugin, self.proc.wait(), pattern, self.output())
-                )
-            m = regex.search(line)
-            if m:
-                return m
-
-    def output(self):
-        return "\n".join(self.lines)
-
-    def stop(self, sig=signal.SIGTERM, timeout=20):
-        """Signal the process and wait; returns its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(
-                    "%s did not exit within %ss of %s; log:\n%s"
-                    % (self.plugin, timeout, sig, self.output())
-                )
-        self._reader.join(5)
-        return self.proc.returncode
+        super().__init__(argv, env=child_env, cwd=ROOT, pass_fds=pass_fds)
 
 
 class TwistdProcess(LoggedProcess):
@@ -106,7 +33,7 @@ class TwistdProcess(LoggedProcess):
 
     def __init__(self, plugin, args, env=None):
         super().__init__([TWISTD, "-n", "--pidfile=", "--logfile=-", plugin, *args], env)
-        self.plugin = plugin
+        self.name = plugin
 
 
 @pytest.fixture

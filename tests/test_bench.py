@@ -148,17 +148,41 @@ def test_storm_reports_refused_sign_ins(run_twistd):
     assert signed_in_peers(url) == []
 
 
-def test_unreachable_server_is_an_error_not_a_hang():
+def run_cli(*args, timeout=60):
+    """``pcsignal-bench ARGS`` as a user runs it: (exit code, stdout, stderr)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-m", "pcsignal.bench.signaling", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_unreachable_server_is_one_clear_line_not_a_hang():
     # A port nothing listens on: bind one, learn its number, close it.
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code, result = run_bench("http://127.0.0.1:%d" % (port,), "storm", "--peers", "3", timeout=30)
-    assert code == 1
-    assert result["errors"] == 3
-    assert result["pushes"] == 0
+    code, out, err = run_cli("http://127.0.0.1:%d" % (port,), "relay", "--messages", "5", timeout=30)
+    assert code != 0 and out == ""
+    assert err.strip().splitlines() == ["pcsignal-bench: cannot reach http://127.0.0.1:%d: Connection refused" % (port,)]
+
+
+def test_url_without_scheme_is_refused_with_a_hint():
+    code, out, err = run_cli("127.0.0.1:8888", "relay")
+    assert code == 2
+    assert "'127.0.0.1:8888' is not a URL: did you mean http://127.0.0.1:8888 ?" in err
+
+
+def test_help_offers_no_internal_scenario_and_no_markup():
+    code, out, _ = run_cli("--help")
+    assert code == 0 and "worker" not in out and "``" not in out
+    code, _, err = run_cli("http://127.0.0.1:1", "nonsense")
+    assert code == 2 and "worker" not in err and "'relay'" in err
+    for scenario in ("relay", "storm", "hold"):
+        code, out, _ = run_cli("http://127.0.0.1:1", scenario, "--help")
+        assert code == 0 and "``" not in out
 
 
 def test_summary_is_readable():
@@ -175,6 +199,13 @@ def test_summary_is_readable():
     assert "p99 8.25 ms" in text
     assert "errors: 1\n  boom" in text
     assert "server CPU: 9.90s" in text
+    nothing = bench.summary(
+        {
+            "scenario": "relay", "pairs": 1, "messages": 0, "seconds": 1.0, "messages_per_second": 0.0,
+            "errors": 1, "error_samples": ["sign_in answered 404"], "latency": bench.latency_summary([]),
+        }
+    )
+    assert "None" not in nothing and "one-way latency: none measured" in nothing
 
 
 def test_percentiles_are_nearest_rank():
@@ -183,6 +214,8 @@ def test_percentiles_are_nearest_rank():
     assert bench.percentile(values, 0.99) == 99.0
     assert bench.percentile([3.0], 0.99) == 3.0
     assert bench.percentile([], 0.5) is None
+    # p95 of a small sample is not its maximum.
+    assert bench.percentile([float(v) for v in range(1, 21)], 0.95) == 19.0
     assert bench.latency_summary([0.001, 0.003, 0.002]) == {
         "count": 3, "p50_ms": 2.0, "p99_ms": 3.0, "max_ms": 3.0,
     }
@@ -214,3 +247,31 @@ def test_command_line_takes_options_after_the_scenario():
         bench.build_parser().parse_args(["http://127.0.0.1:1", "storm", "--peers", "0"])
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["http://127.0.0.1:1", "relay", "--abandon", "1.5"])
+
+
+# -- pcpeer-bench ---------------------------------------------------------------
+
+
+def test_pcpeer_bench_prints_a_table_or_json_with_the_negotiated_codec(tmp_path):
+    """A tiny run of the real thing: 3 calls, a 2 s call, no churn."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    command = [sys.executable, "-m", "pcsignal.bench.calls", "--calls", "3", "--hold-seconds", "2",
+               "--churn", "0", "--video-size", "160x120", "--fps", "10"]
+    table = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"set-up to first video frame: median \d\.\d{3} s, p95 \d\.\d{3} s .*3 calls", table.stdout)
+    assert "one 2 s call at 160x120@10 VP8:" in table.stdout
+    assert "{" not in table.stdout  # no JSON unless asked
+    as_json = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert as_json.returncode == 0, as_json.stderr
+    results = json.loads(as_json.stdout)
+    assert results["video"] == "160x120@10 VP8"
+    assert results["setup_s"]["p95"] <= results["setup_s"]["max"]
+
+
+def test_pcpeer_bench_help_has_no_markup():
+    from pcsignal.bench import calls
+
+    text = calls.build_parser().format_help()
+    assert "``" not in text and "--json" in text

@@ -7,6 +7,7 @@ numbers are in docs/benchmarks.rst.
 
 import random
 import socket
+import threading
 
 from conftest import start_pcsignal
 from pcsignal.bench import hostile
@@ -40,14 +41,26 @@ def test_fuzz_is_reproducible():
     assert first == again and len(set(first)) > 40
 
 
+def answer_once_then_fall_silent(listener):
+    """Answer the benchmark's first request (is anyone there?), then accept nothing."""
+    connection, _ = listener.accept()
+    with connection:
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
 def test_fuzz_exits_1_when_the_server_stops_answering():
-    # A listening socket that never accepts: connections hang, nothing answers.
+    # After its first answer, a listening socket that never accepts:
+    # connections hang, nothing answers.
     with socket.socket() as mute:
         mute.bind(("127.0.0.1", 0))
         mute.listen(100)
+        answering = threading.Thread(target=answer_once_then_fall_silent, args=(mute,))
+        answering.start()
         url = "http://127.0.0.1:%d" % (mute.getsockname()[1],)
         code, result = run_bench(url, "fuzz", "--requests", "20", "--check-every", "10",
                                  "--timeout", "0.5", "--concurrency", "20")
+        answering.join(5)
     assert code == 1
     assert result["server_answering"] is False
     assert result["requests"] == 10  # it stopped at the first failed check

@@ -334,3 +334,38 @@ def test_call_against_a_server_without_ice_servers(chromium, pcsignal_server):
             page.context.close()
 
     chromium.run(scenario, chromium.browser)
+
+
+def decoded_video_frames(path):
+    """Video frames PyAV decodes from a recording (0 if it holds no video)."""
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            return 0
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_browser_calls_are_recorded_with_their_video(chromium, pcsignal_server, run_twistd, tmp_path):
+    """Three calls in a row from Chromium to one recording pcpeer: each file holds real video."""
+    _, url = pcsignal_server
+    recorder = start_pcpeer(run_twistd, url, "recorder", "--record", str(tmp_path / "calls" / "call.mp4"))
+
+    def one_call(browser, n):
+        page = open_page(browser, url)
+        sign_in(page, "caller%d" % n)
+        peer_button(page, "recorder").click()
+        expect_connected(page, "recorder")
+        expect_remote_video_playing(page)
+        recorder.wait_for_log(frames_from("caller%d" % n, 100), timeout=60)
+        page.click("#hang-up")
+        expect_idle(page)
+        page.context.close()
+
+    recordings = []
+    for n in range(1, 4):
+        chromium.run(one_call, chromium.browser, n)
+        recordings.append(recorder.wait_for_log(r"recorded call with caller%d \(\d+\) to (\S+)" % n).group(1))
+    counts = [decoded_video_frames(path) for path in recordings]
+    assert all(count >= 100 for count in counts), (counts, recorder.output())
+    assert "Traceback" not in recorder.output()

@@ -91,8 +91,10 @@ async def parked(harness, channel, d):
     return not d.called
 
 
-def test_memory_channel_provides_the_interface(harness):
-    verifyObject(IChannel, harness.make())
+def test_channel_provides_the_interface(harness):
+    channel = harness.make()
+    verifyObject(IChannel, channel)
+    assert channel.problem is None  # healthy
 
 
 # -- sign-in, messages, sign-out -------------------------------------------------------
@@ -477,7 +479,8 @@ async def test_close_answers_every_parked_wait_and_refuses_new_work(harness, cha
     await failure(channel.wait(1), ShuttingDown)  # answered at once, not parked
 
 
-def test_memory_channel_stops_its_timers_on_close(harness):
+def test_memory_channel_stops_its_timers_on_close():
+    harness = MemoryHarness()
     channel = harness.make()
     channel.sign_in(b"a")
     channel.close()
@@ -493,7 +496,8 @@ async def test_random_ids_are_valid_and_distinct(harness):
     assert ids != sorted(ids)
 
 
-def test_memory_channel_has_one_delayed_call_per_idle_peer(harness):
+def test_memory_channel_has_one_delayed_call_per_idle_peer():
+    harness = MemoryHarness()
     channel = harness.make()
     for name in "abc":
         channel.sign_in(name.encode())
@@ -539,3 +543,16 @@ def test_long_names_are_clipped_in_log_lines(harness):
         globalLogPublisher.removeObserver(events.append)
     lines = [formatEvent(e) for e in events if "sign-in" in e.get("log_format", "")]
     assert lines and all(len(line) < 300 and "(512 characters)" in line for line in lines), lines
+
+
+def test_channel_events_carry_the_channel_namespace():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        MemoryHarness().make().sign_in(b"a")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert {e["log_namespace"] for e in events if "sign-in" in e.get("log_format", "")} == {
+        "pcsignal.channel"}

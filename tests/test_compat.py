@@ -26,6 +26,8 @@ import socket
 
 import pytest
 
+import pcsignal
+
 from conftest import start_pcsignal
 from httpclients import address, native, native_raw, parked_waits_become, parse_answer
 
@@ -70,7 +72,8 @@ def join(status, headers, body):
 def pcsignal_version_of(request, reference):
     """The reference's answer with pcsignal's documented differences applied."""
     status, headers, body = split(reference)
-    headers = [(n, b"pcsignal/0.1.0" if n == b"Server" else v) for n, v in headers]
+    server = b"pcsignal/" + pcsignal.__version__.encode()
+    headers = [(n, server if n == b"Server" else v) for n, v in headers]
     body = body.replace(b"bob%20smith", b"bob smith")
     target = request.split(b" ")[1]
 

@@ -9,12 +9,15 @@ the units themselves are checked by systemd-analyze only.
 """
 
 import http.client
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import pytest_twisted
@@ -22,12 +25,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.logger import eventFromJSON, formatEvent
 from twisted.web.client import Agent
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from conftest import LISTENING, TWISTD
+from httpclients import native
 from deploy_support import (
     CommandProcess,
     ETC,
@@ -48,6 +51,8 @@ SERVICE = os.path.join(ETC, "pcsignal.service")
 SOCKET = os.path.join(ETC, "pcsignal.socket")
 LOOPBACK = os.path.join(ETC, "pcsignal.socket.d", "loopback.conf")
 DEFAULTS = os.path.join(ETC, "default", "pcsignal")
+CONFIG = os.path.join(ETC, "pcsignal.conf")
+INSTALLED_CONFIG = "/etc/pcsignal/pcsignal.conf"
 MAX_EXPOSURE = 2.0
 
 
@@ -118,13 +123,36 @@ def test_socket_and_service_agree():
     assert "pcsignal.socket" in unit_setting(SERVICE, "Requires").split()
 
 
-def service_command(**overrides):
-    """pcsignal.service's ExecStart=, expanded with etc/default/pcsignal."""
+def installed_config(directory):
+    """
+    etc/pcsignal.conf as installed, in ``directory``, with its state
+    directory (StateDirectory= in the unit) moved there too; returns its path.
+    """
+    with open(CONFIG, encoding="utf-8") as f:
+        text = f.read()
+    state_directory = "/var/lib/" + unit_setting(SERVICE, "StateDirectory")
+    assert state_directory + "/" in text
+    path = os.path.join(directory, "pcsignal.conf")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text.replace(state_directory, directory))
+    return path
+
+
+@pytest.fixture
+def config(tmp_path):
+    return installed_config(str(tmp_path))
+
+
+def service_command(config, **overrides):
+    """
+    pcsignal.service's ExecStart=, expanded with etc/default/pcsignal, with
+    the options file at ``config`` (see installed_config).
+    """
     env = environment_file(DEFAULTS)
     env.update(overrides)
     argv = expand_command(unit_setting(SERVICE, "ExecStart"), env)
-    assert argv[0] == INSTALLED_TWISTD
-    return [TWISTD] + argv[1:]
+    assert argv[0] == INSTALLED_TWISTD and INSTALLED_CONFIG in argv
+    return [TWISTD] + [config if a == INSTALLED_CONFIG else a for a in argv[1:]]
 
 
 def loopback_addresses():
@@ -146,7 +174,7 @@ def free_port(host, family):
         return s.getsockname()[1]
 
 
-def start_socket_activate(processes, host, family):
+def start_socket_activate(processes, config, host, family):
     """
     systemd-socket-activate listening on host (on a free port), ready to
     start pcsignal as pcsignal.service would.
@@ -164,7 +192,7 @@ def start_socket_activate(processes, host, family):
                 # It passes only these (and a few standard) variables on.
                 "--setenv=PYTHONPATH=" + ROOT,
                 "--setenv=PYTHONUNBUFFERED=1",
-                *service_command(),
+                *service_command(config),
             ]
         )
         processes.append(p)
@@ -192,7 +220,7 @@ class ConnectTo:
 
 @pytest.mark.parametrize("host, family", loopback_addresses(), ids=["IPv6", "IPv4"])
 @pytest_twisted.ensureDeferred
-async def test_socket_activation(processes, host, family):
+async def test_socket_activation(processes, config, host, family):
     """
     pcsignal runs from systemd's socket: the first connection is made before
     pcsignal even starts (systemd-socket-activate starts it on that
@@ -200,7 +228,7 @@ async def test_socket_activation(processes, host, family):
     and /metrics and /healthz answer.  The same ExecStart= serves an IPv6 and
     an IPv4 socket.
     """
-    p, port = start_socket_activate(processes, host, family)
+    p, port = start_socket_activate(processes, config, host, family)
     base = "http://localhost:%d" % port
     client = HTTPClient(Agent.usingEndpointFactory(reactor, ConnectTo(host, family)))
 
@@ -258,59 +286,165 @@ def json_logging():
     return environment_assignments(m.group(1))
 
 
-def json_log_text(process, log_format, pattern):
+def json_log_text(process, text, pattern):
     """
-    Wait for a JSON log line of an event with this format string; return the
-    match of ``pattern`` in its formatted text.
+    Wait for a JSON log line whose text starts with ``text``; return the
+    match of ``pattern`` in that text.
     """
-    line = process.wait_for_log(r'^\{.*"log_format": "%s' % (re.escape(log_format),))
-    text = formatEvent(eventFromJSON(line.string))
-    m = re.search(pattern, text)
-    assert m, text
+    line = process.wait_for_log(r'^\{.*"text": "%s' % (re.escape(text),))
+    m = re.search(pattern, json.loads(line.string)["text"])
+    assert m, line.string
     return m
 
 
-def test_restart_loses_no_connection(processes):
+class HeldSocket:
+    """
+    A listening socket owned by the test, as systemd owns pcsignal.socket's;
+    ``start()`` runs pcsignal.service's ExecStart= on it (with ``env``, as
+    from /etc/default/pcsignal) and waits until it listens.
+    """
+
+    def __init__(self, processes, backlog, config, **env):
+        self.processes = processes
+        self.name = unit_setting(SOCKET, "FileDescriptorName")
+        self.command = service_command(config, **env)
+        self.listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.listener.bind(("::1", 0))
+        self.listener.listen(backlog)
+        self.port = self.listener.getsockname()[1]
+
+    def start(self):
+        fd = self.listener.fileno()
+        p = CommandProcess([sys.executable, "-c", EXEC_WITH_LISTEN_FDS, str(fd), self.name]
+                           + self.command, pass_fds=[fd])
+        self.processes.append(p)
+        assert int(json_log_text(p, "pcsignal listening on", LISTENING).group("port")) == self.port
+        return p
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def held_socket(processes, config):
+    """A HeldSocket with the backlog of pcsignal.socket, pcsignal logging JSON."""
+    held = HeldSocket(processes, int(unit_setting(SOCKET, "Backlog")), config, **json_logging())
+    yield held
+    held.close()
+
+
+def test_restart_loses_no_connection(held_socket):
     """
     The socket outlives the daemon: a request made while pcsignal is stopped
-    is answered by the next pcsignal started on the same socket (peers signed
-    in before the restart are gone: they live in pcsignal's memory).  pcsignal
-    runs with the JSON logging shown in etc/default/pcsignal.
+    is answered by the next pcsignal started on the same socket, and the
+    peers outlive it too (the state file of etc/pcsignal.conf).  pcsignal runs
+    with the JSON logging shown in etc/default/pcsignal.
     """
-    name = unit_setting(SOCKET, "FileDescriptorName")
-    command = service_command(**json_logging())
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
-        listener.bind(("::1", 0))
-        listener.listen(64)
-        port = listener.getsockname()[1]
+    port = held_socket.port
+    first = held_socket.start()
+    conn = http.client.HTTPConnection("::1", port, timeout=30)
+    conn.request("GET", "/sign_in?before")
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert first.stop() == -signal.SIGTERM, first.output()
 
-        def start():
-            p = CommandProcess(
-                [sys.executable, "-c", EXEC_WITH_LISTEN_FDS, str(listener.fileno()), name]
-                + command,
-                pass_fds=[listener.fileno()],
-            )
-            processes.append(p)
-            assert int(json_log_text(p, "pcsignal listening on", LISTENING).group("port")) == port
-            return p
+    # pcsignal is down: the connection is queued by the kernel and the
+    # request sits in it unanswered.
+    conn = http.client.HTTPConnection("::1", port, timeout=30)
+    conn.request("GET", "/sign_in?during")
+    second = held_socket.start()
+    response = conn.getresponse()
+    assert response.status == 200, second.output()
+    body = response.read()
+    assert body.startswith(b"during,"), body
+    assert b"\nbefore," in body, body  # still signed in
+    conn.close()
+    assert second.stop() == -signal.SIGTERM, second.output()
 
-        first = start()
-        conn = http.client.HTTPConnection("::1", port, timeout=30)
-        conn.request("GET", "/sign_in?before")
-        assert conn.getresponse().status == 200
-        conn.close()
+
+def test_exec_reload_applies_the_options_file(held_socket, config):
+    """
+    ``systemctl reload pcsignal`` runs ExecReload= with $MAINPID: pcsignal
+    reads its options file again and says in one line what changed.
+    """
+    p = held_socket.start()
+    with open(config, encoding="utf-8") as f:
+        text = f.read()
+    assert "\n--max-peers 10000\n" in text
+    with open(config, "w", encoding="utf-8") as f:
+        f.write(text.replace("\n--max-peers 10000\n", "\n--max-peers 5\n"))
+    reload = expand_command(unit_setting(SERVICE, "ExecReload"), {"MAINPID": str(p.proc.pid)})
+    assert subprocess.run(reload, timeout=30).returncode == 0
+    json_log_text(p, "reloaded ", r"^reloaded \S+/pcsignal\.conf: --max-peers 10000 -> 5$")
+    assert p.stop() == -signal.SIGTERM, p.output()
+
+
+class Hammer:
+    """
+    Clients that each open a new connection per ``GET /healthz`` (as the
+    native client does), as fast as they are answered, and note how each
+    request ended and when.
+    """
+
+    def __init__(self, port, clients):
+        self.url = "http://[::1]:%d" % (port,)
+        self.answered = []  # (sent, answered) times
+        self.failures = []  # (time, what went wrong)
+        self.changed = threading.Condition()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        while not self.stopping.is_set():
+            sent = time.monotonic()
+            try:
+                answer = native(self.url, "GET", "/healthz", timeout=30)
+                outcome = None if answer.status == 200 else "answered %d" % (answer.status,)
+            except ConnectionRefusedError:
+                outcome = "refused"
+            except AssertionError:  # parse_answer found no answer
+                outcome = "closed without an answer"
+            except OSError as e:
+                outcome = "%s: %s" % (type(e).__name__, e)
+            with self.changed:
+                if outcome is None:
+                    self.answered.append((sent, time.monotonic()))
+                else:
+                    self.failures.append((time.monotonic(), outcome))
+                self.changed.notify_all()
+
+    def wait_for_answers(self, count, timeout=60):
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.answered) >= count, timeout), (
+                "%d answers, failures: %r" % (len(self.answered), self.failures))
+
+    def stop(self):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(35)
+
+
+def test_restart_under_load_refuses_no_connection(held_socket):
+    """
+    Clients hammer the port while pcsignal is stopped and started again on
+    the socket systemd would hold: no connection is refused, none fails, and
+    the requests made while no pcsignal runs wait in the socket's backlog
+    and are answered by the next one.
+    """
+    first = held_socket.start()
+    hammer = Hammer(held_socket.port, clients=8)
+    try:
+        hammer.wait_for_answers(100)
         assert first.stop() == -signal.SIGTERM, first.output()
-
-        # pcsignal is down: the connection is queued by the kernel and the
-        # request sits in it unanswered.
-        conn = http.client.HTTPConnection("::1", port, timeout=30)
-        conn.request("GET", "/sign_in?during")
-        second = start()
-        response = conn.getresponse()
-        assert response.status == 200, second.output()
-        body = response.read()
-        assert body.startswith(b"during,"), body
-        # Peers live in pcsignal's memory: the restart signed "before" out.
-        assert b"before," not in body, body
-        conn.close()
-        assert second.stop() == -signal.SIGTERM, second.output()
+        stopped = time.monotonic()
+        second = held_socket.start()
+        started = time.monotonic()
+        hammer.wait_for_answers(len(hammer.answered) + 200)
+    finally:
+        hammer.stop()
+    assert second.stop() == -signal.SIGTERM, second.output()
+    assert hammer.failures == []
+    waited = [(s, a) for s, a in hammer.answered if s < stopped and a > started]
+    assert waited, "no request spanned the restart"

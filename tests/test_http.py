@@ -154,8 +154,7 @@ def test_huge_announced_body_is_not_buffered(server, pair):
     data = read_to_end(sock)
     sock.close()
     assert data.startswith(b"HTTP/1.1 413 ")
-    rss_kb = int([l for l in open("/proc/%d/status" % proc.proc.pid) if l.startswith("VmRSS")][0].split()[1])
-    assert rss_kb < 200 * 1024
+    assert proc.stats.rss_bytes() < 200 * 1024 * 1024
 
 
 def test_chunked_body_over_limit(pair):

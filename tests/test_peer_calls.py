@@ -159,3 +159,79 @@ async def test_nonsense_is_logged_and_ignored(pcsignal_server, run_twistd):
     await caller.stop()
     assert b.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
     assert "Traceback" not in b.output()
+
+
+def test_restart_of_a_sequential_id_server_keeps_the_peer_that_took_our_old_id(run_twistd):
+    """After a restart another peer holds pcpeer's old id: it is someone else, not our stale entry."""
+    listen = "tcp:%d:interface=127.0.0.1" % (free_port(),)
+    server, url = start_pcsignal(run_twistd, "--listen", listen, "--sequential-ids")
+    b, b_id = start_peer(run_twistd, url, "b", "--call", "x", "--retry-delay=2", "--max-retry-delay=2")
+    assert server.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
+    b.wait_for_log(r"cannot sign in to .*; retrying in")
+    # The new server numbers from the start again: x signs in first, with b's old id.
+    start_pcsignal(run_twistd, "--listen", listen, "--sequential-ids")
+    with urllib.request.urlopen(url + "/sign_in?x", timeout=10) as response:
+        x_id = int(response.headers["Pragma"])
+    assert x_id == b_id
+    b.wait_for_log(r"signed in to .* as b \((?!%d\))\d+\); 1 other peer" % (b_id,))
+    # x is listed, so --call x fires; and nothing of ours is "stale".
+    b.wait_for_log(r"x \(%d\) is listed: calling it \(--call\)" % (x_id,))
+    b.wait_for_log(r"sending offer to x \(%d\)" % (x_id,))
+    assert "signing out our previous id" not in b.output()
+    assert b.stop() == -signal.SIGTERM
+
+
+def test_https_url_to_a_plain_http_server_says_so(pcsignal_server, run_twistd):
+    _, url = pcsignal_server
+    peer = run_twistd("pcpeer", "--server", url.replace("http://", "https://"), "--name", "tls",
+                      "--retry-delay=1", "--max-retry-delay=1")
+    m = peer.wait_for_log(r"cannot sign in to https://.*: no answer within \d+ s: it speaks plain HTTP, "
+                          r"not TLS \(use (http://\S+)\); retrying in (\d+\.\d) s", timeout=15)
+    assert m.group(1) == url
+    assert 1.0 <= float(m.group(2)) < 2.0
+    assert peer.stop() == -signal.SIGTERM
+    assert "Traceback" not in peer.output()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_messages_cost_a_line_each_and_harm_no_call(run_twistd):
+    """Garbage, a huge message, a BYE storm: one line each; the daemon and its call go on."""
+    _, url = start_pcsignal(run_twistd, "--max-message-bytes", str(1024 * 1024))
+    b, b_id = start_peer(run_twistd, url, "b")
+    caller = api_peer(url, "a")
+    a_id = await caller.start()
+    call = await caller.call("b")
+    await call.wait_first_frame("video")
+    response = await treq.get(url + "/sign_in?raw")
+    raw_id = int(response.headers.getRawHeaders("Pragma")[0])
+    await treq.content(response)
+
+    async def post(body, sender=raw_id):
+        answer = await treq.post("%s/message?peer_id=%d&to=%d" % (url, sender, b_id), data=body)
+        assert answer.code == 200
+        await treq.content(answer)
+
+    await post(b"x" * (600 * 1024))
+    await in_thread(b, r"dropped a message: an answer of more than 262144 bytes \(from peer %d\)" % (raw_id,))
+    for _ in range(200):
+        await post(b"BYE")
+    for _ in range(50):
+        await post(b"{not json" + b"!" * 5000)
+    await post(protocol.SessionDescription("offer", "v=0\r\n" + "garbage " * 5000).encode())
+    await post(protocol.SessionDescription("x" * 5000, "v=0").encode())
+    # Garbage in the call itself, as if from the caller: ignored, the call stays.
+    await post(protocol.IceCandidate("0", 0, "candidate:" + "junk " * 2000).encode(), sender=a_id)
+    await in_thread(b, r"ignoring bad candidate from a \(%d\)" % (a_id,))
+    await in_thread(b, r"declining call from raw \(%d\): unusable offer" % (raw_id,))
+    await in_thread(b, r"ignoring session description of type 'x+\.\.\. \(5002 characters\)")
+    frames = call.received["video"].frames
+    await in_thread(b, frames_from("a", 100))
+    assert call.end_reason is None and call.received["video"].frames > frames
+    await caller.stop()
+    await in_thread(b, r"call with a \(%d\) ended \(BYE received\)" % (a_id,))
+    output = b.output()
+    assert output.count("BYE from raw") == 1
+    assert output.count("ignoring message from raw") == 1
+    assert "no longer signed in" not in output and "Traceback" not in output
+    assert max(len(line) for line in output.splitlines()) < 2000
+    assert b.stop() == -signal.SIGTERM

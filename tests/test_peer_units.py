@@ -18,6 +18,7 @@ import pytest_twisted
 import txaio
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from twisted.internet import defer, task
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python import usage
 
 from pcsignal import protocol
@@ -94,9 +95,12 @@ def refused_url():
 
 
 @pytest_twisted.ensureDeferred
-async def test_signaling_backs_off_2s_doubling_to_cap():
+async def test_signaling_backs_off_doubling_to_cap_with_jitter():
+    """Twisted's backoffPolicy: 2, 4, 8, 10, 10 s, each plus up to 2 s of jitter, as logged."""
     clock = task.Clock()
     client = SignalingClient(refused_url(), "x", clock=clock, retry_delay=2.0, max_retry_delay=10.0)
+    events = []
+    client.log = Logger(namespace="test", observer=events.append)
     retries = defer.DeferredQueue()
     client.on("retrying", lambda delay, reason: retries.put((delay, reason)))
     client.start().addErrback(lambda f: None)
@@ -105,11 +109,15 @@ async def test_signaling_backs_off_2s_doubling_to_cap():
         delay, reason = await retries.get()
         assert "refused" in reason.lower()
         delays.append(delay)
-        # The retry waits on the clock, for exactly that delay.
+        # The retry waits on the clock, for exactly that delay...
         [retry] = clock.getDelayedCalls()
         assert retry.getTime() == clock.seconds() + delay
+        # ...and the log line says so.
+        assert formatEvent(events[-1]).endswith("retrying in %.1f s" % (delay,))
         clock.advance(delay)
-    assert delays == [2.0, 4.0, 8.0, 10.0, 10.0]
+    for delay, base in zip(delays, [2, 4, 8, 10, 10]):
+        assert base <= delay < base + 2.0
+    assert len({delay - int(delay) for delay in delays}) > 1  # jittered, not in lockstep
     await client.stop()
 
 
@@ -138,6 +146,8 @@ def manager(**config):
 async def test_glare_lower_id_keeps_its_offer():
     low, high = manager(), manager()
     wire((low, 3), (high, 7))
+    ended = []
+    high.on("call_ended", lambda call, reason: ended.append(reason))
     # Both offer at once.
     await defer.gatherResults([low.call(7, "p7"), high.call(3, "p3")])
     call_low = low.calls[7]
@@ -147,6 +157,8 @@ async def test_glare_lower_id_keeps_its_offer():
     await call_high.wait_first_frame("video")
     assert (call_low.role, call_high.role) == ("caller", "callee")
     assert list(low.calls) == [7] and list(high.calls) == [3]
+    # The dropped offer ended like any call: event (and so metrics) included.
+    assert ended == ["glare: yielded to the other offer"]
     await low.hang_up(7)
     await call_high.wait_ended()
     assert high.calls == {} and low.calls == {}
@@ -230,15 +242,38 @@ async def _video_frame(track):
     "args, complaint",
     [
         (["--record", "/tmp/x.avi"], "--record must end in"),
-        (["--video-size", "641x480"], "even"),
-        (["--max-calls", "0"], "must be positive"),
-        (["--ice-address", "not-an-ip"], "not-an-ip"),
-        (["--play", "/nonexistent/file.mp4"], "does not exist"),
+        (["--record", "/etc/passwd/x.mp4"], "--record /etc/passwd/x.mp4: /etc/passwd is not a folder"),
+        (["--video-size", "641x480"], "--video-size must be even"),
+        (["--max-calls", "0"], "--max-calls must be positive"),
+        (["--ice-address", "not-an-ip"], "--ice-address must be an IP address, not 'not-an-ip'"),
+        (["--play", "/nonexistent/file.mp4"], "--play /nonexistent/file.mp4: no such file"),
+        (["--server", "127.0.0.1:8888"], "--server must be an http:// or https:// URL, not '127.0.0.1:8888' "
+                                         "(did you mean http://127.0.0.1:8888?)"),
     ],
 )
 def test_options_reject_bad_values(args, complaint):
     with pytest.raises(usage.UsageError, match=re.escape(complaint)):
         tap.Options().parseOptions(args)
+
+
+def test_no_short_option_means_something_else_to_twistd():
+    """``twistd -n pcpeer`` or ``twistd pcpeer -n``: -n must not be pcpeer's --name."""
+    from twisted.scripts.twistd import ServerOptions
+
+    def short_options(options):
+        return {short for short, long in options.synonyms.items() if len(short) == 1 and short != long}
+
+    twistd_shorts = short_options(ServerOptions())
+    assert {"n", "s", "l", "p", "u", "g"} <= twistd_shorts  # the table is what we think
+    assert short_options(tap.Options()) & twistd_shorts == set()
+
+
+def test_video_size_help_shows_its_default_once():
+    help_text = re.search(r"--video-size=(.*?)\n(\s+-|\n)", str(tap.Options()), re.S).group(1)
+    assert help_text.count("640x480") == 1 and "(640, 480)" not in help_text, help_text
+    options = tap.Options()
+    options.parseOptions(["--name", "x"])
+    assert options["video-size"] == (640, 480)
 
 
 def test_other_reactor_is_refused_with_a_clear_message():
@@ -273,3 +308,115 @@ async def test_per_peer_locks_are_forgotten_when_unused():
         await manager.handle_message(peer_id, "p%d" % peer_id, b"not json")
         await manager.handle_message(peer_id, "p%d" % peer_id, b"BYE")
     assert manager._locks == {} and manager.calls == {}
+
+
+def test_bad_values_end_twistd_with_one_line_naming_the_option(tmp_path):
+    """The real ``twistd pcpeer``: usage error, last line names option and problem, no traceback."""
+    (tmp_path / "file").write_text("not a folder")
+    cases = {
+        ("--server", "notaurl"): "--server must be an http:// or https:// URL, not 'notaurl' "
+                                 "(did you mean http://notaurl?)",
+        ("--record", str(tmp_path / "file" / "x.mp4")): "--record %s: %s is not a folder"
+        % (tmp_path / "file" / "x.mp4", tmp_path / "file"),
+        ("--play", str(tmp_path / "missing.mp4")): "--play %s: no such file" % (tmp_path / "missing.mp4",),
+        ("--fps", "0"): "--fps must be positive, not '0'",
+        ("--max-calls", "ten"): "--max-calls must be a positive whole number, not 'ten'",
+        ("--metrics", "nonsense:1"): "--metrics nonsense:1 is not a Twisted endpoint: Unknown endpoint type",
+    }
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    running = {
+        args: subprocess.Popen([TWISTD, "-n", "--pidfile=", "pcpeer", "--name", "x", *args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        for args in cases
+    }
+    for args, complaint in cases.items():
+        output, _ = running[args].communicate(timeout=60)
+        text = output.decode()
+        assert running[args].returncode != 0, text
+        assert "Traceback" not in text
+        assert complaint in text.strip().splitlines()[-1], text
+
+
+def test_version_is_pcsignals():
+    from pcsignal import __version__
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([TWISTD, "pcpeer", "--version"], capture_output=True, env=env, cwd=ROOT, timeout=60)
+    assert out.stdout.decode().strip() == "pcsignal %s" % (__version__,)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ice_that_never_connects_is_one_line_and_ends_the_call():
+    """No candidates reach the caller (none in the answer, none trickled): said once, call ended."""
+    caller, callee = manager(ice_timeout=1.0), manager(ice_timeout=60.0)
+    names = wire((caller, 1), (callee, 2))
+
+    def without_candidates(receiver, sender_id):
+        def send(to, body):
+            message = protocol.parse_message(body)
+            if isinstance(message, protocol.SessionDescription):
+                sdp = "\r\n".join(line for line in message.sdp.split("\r\n")
+                                  if not line.startswith(("a=candidate:", "a=end-of-candidates")))
+                body = protocol.SessionDescription(message.type, sdp).encode()
+            receiver.handle_message(sender_id, names[sender_id], body)
+
+        return send
+
+    caller._send, callee._send = without_candidates(callee, 1), without_candidates(caller, 2)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        call = await caller.call(2, "p2")
+        assert await call.wait_ended().addTimeout(20, reactor_for_tests()) == "ICE did not connect"
+        await callee_ended(callee)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if "did not connect" in (e.get("log_format") or "")]
+    assert len(lines) == 1, lines
+    assert re.search(r"ICE with p2 \(2\) did not connect within 1 s \(state checking\): "
+                     r"we offered 127\.0\.0\.1 \(host\); they offered nothing; they offered no address", lines[0])
+
+
+async def callee_ended(callee):
+    """The callee got the caller's BYE."""
+    for _ in range(100):
+        if not callee.calls:
+            return
+        await task.deferLater(reactor_for_tests(), 0.05)
+    raise AssertionError("the callee's call did not end")
+
+
+def reactor_for_tests():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_ignored_messages_keeps_state_bounded():
+    from pcsignal.peer import call as call_module
+
+    manager = CallManager(lambda peer_id, body: None, SharedSource(pattern_source(64, 48, 5)),
+                          CallConfig(stats_interval=0))
+    events = []
+    manager.log = Logger(namespace="test", observer=events.append)
+    for _ in range(100):  # a BYE storm from one peer: one line
+        await manager.handle_message(7, "p7", b"BYE")
+    assert [e["log_level"].name for e in events].count("info") == 1
+    for peer_id in range(call_module.MAX_QUIETED + 500):  # from a crowd: state stays bounded
+        await manager.handle_message(peer_id, "p", b"BYE")
+    assert len(manager._ignored_at) <= call_module.MAX_QUIETED
+    assert manager._locks == {} and manager.calls == {}
+
+
+def test_negotiated_codecs_are_read_from_the_answer():
+    """What pcpeer logs and pcpeer-bench labels its results with: the answer's first codecs."""
+    from pcsignal.peer.call import negotiated_codecs
+
+    answer = "\r\n".join([
+        "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 0.0.0.0", "a=mid:0", "a=rtpmap:111 opus/48000/2",
+        "m=video 9 UDP/TLS/RTP/SAVPF 102 103", "c=IN IP4 0.0.0.0", "a=mid:1",
+        "a=rtpmap:102 H264/90000", "a=rtpmap:103 rtx/90000", "a=fmtp:103 apt=102", "",
+    ])
+    assert negotiated_codecs(answer) == ["audio/opus 48000/2", "video/H264 90000"]

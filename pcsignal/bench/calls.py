@@ -1,19 +1,18 @@
 """
-Call benchmark for pcpeer, on loopback.
+pcpeer-bench: call set-up, media and memory of pcpeer, on loopback.
 
 Starts ``twistd pcsignal`` (unless --server is given) and a ``twistd pcpeer``
 answering daemon, then calls it from this process through the Python API
 (the code path of ``--call``) and measures:
 
 1. set-up time, from starting the call to the first decoded remote video
-   frame: median and p95 over --calls calls;
+   frame: median and p95 (nearest rank) over --calls calls;
 2. CPU per call and delivered frames for one --hold-seconds call at
-   --video-size/--fps (VP8): CPU of the daemon and of this process, and the
-   share of video frames sent that the other side decoded, both ways;
+   --video-size/--fps, in the codec the call negotiated: CPU of the daemon
+   and of this process, and the share of video frames sent that the other
+   side decoded, both ways;
 3. memory over --churn back-to-back calls: the daemon's RSS every 10
    calls; growth compares the peak of calls 10-30 with that of the last 30.
-
-Run:  python -m pcsignal.bench.calls [--calls 20] [--hold-seconds 30] [--churn 100]
 """
 
 from __future__ import annotations
@@ -24,10 +23,14 @@ import os
 import re
 import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
+
+import psutil
+
+from pcsignal.bench.percentiles import percentile
+from pcsignal.bench.processes import LoggedProcess
+from pcsignal.options import positive_float, positive_int
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -36,75 +39,24 @@ _SUMMARY = re.compile(
     r"call with (?P<who>\S+) \((?P<id>\d+)\) ended \((?P<reason>[^)]*)\) after [\d.]+ s: "
     r"sent (?P<sent>.*?); received (?P<received>.*?); \d+ bytes out"
 )
+DESCRIPTION = (
+    "Call benchmark for pcpeer on loopback: starts twistd pcsignal (unless --server is given) and an "
+    "answering twistd pcpeer, calls it from this process, and reports set-up time (median, p95), CPU "
+    "and decoded frames over one long call, and the daemon's memory over back-to-back calls."
+)
 
 
-class Daemon:
-    """A twistd child whose log lines can be awaited as Deferreds."""
+def start_daemon(plugin: str, *args: str) -> LoggedProcess:
+    """``twistd -n PLUGIN ARGS`` from this checkout or installation, its log lines followed."""
+    env = {"PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return LoggedProcess([TWISTD, "-n", "--pidfile=", "--logfile=-", plugin, *args], env=env, cwd=ROOT)
 
-    def __init__(self, reactor, plugin: str, *args: str) -> None:
-        self.reactor = reactor
-        self.lines: list[str] = []
-        self._waiters: list = []
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "--logfile=-", plugin, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=ROOT,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
 
-    def _read(self) -> None:
-        for raw in self.proc.stdout:
-            self.reactor.callFromThread(self._line, raw.decode("utf-8", "replace").rstrip("\n"))
+def wait_for(daemon: LoggedProcess, pattern: str, timeout: float = 60, after: int = 0):
+    """The daemon's wait_for_log as a Deferred (it blocks, so in a thread)."""
+    from twisted.internet import threads
 
-    def _line(self, line: str) -> None:
-        self.lines.append(line)
-        for waiter in list(self._waiters):
-            regex, d = waiter
-            m = regex.search(line)
-            if m:
-                self._waiters.remove(waiter)
-                d.callback(m)
-
-    def wait_for(self, pattern: str, timeout: float = 60, after: int = 0):
-        """Fires with the first match in a line numbered >= after (now or later)."""
-        from twisted.internet.defer import Deferred
-
-        regex = re.compile(pattern)
-        for line in self.lines[after:]:
-            m = regex.search(line)
-            if m:
-                d = Deferred()
-                d.callback(m)
-                return d
-        d = Deferred()
-        self._waiters.append((regex, d))
-        d.addTimeout(timeout, self.reactor)
-        return d
-
-    def cpu_seconds(self) -> float:
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_kib(self) -> int:
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    return threads.deferToThread(daemon.wait_for_log, pattern, timeout, after)
 
 
 def _free_port() -> int:
@@ -113,37 +65,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _own_rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def _video_frames(side: str) -> int:
     m = re.search(r"video (\d+) frames", side)
     return int(m.group(1)) if m else 0
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(fraction * len(ordered) + 0.5)) - 1))
-    return ordered[index]
-
-
-async def one_call(peer, answerer: Daemon, hold: float = 0.0):
+async def one_call(peer, answerer: LoggedProcess, hold: float = 0.0):
     """Call the daemon; returns (set-up seconds, Call, daemon's end-of-call match)."""
+    from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
     mark = len(answerer.lines)
     call = await peer.call(ANSWERER)
     setup = await call.wait_first_frame("video")
     if hold:
-        await deferLater(answerer.reactor, hold, lambda: None)
+        await deferLater(reactor, hold, lambda: None)
     await peer.calls.hang_up(call.peer_id)
-    summary = await answerer.wait_for(_SUMMARY.pattern, after=mark)
+    summary = await wait_for(answerer, _SUMMARY.pattern, after=mark)
     return setup, call, summary
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 async def run(reactor, options) -> dict:
@@ -158,16 +101,15 @@ async def run(reactor, options) -> dict:
     restrict_host_addresses(["127.0.0.1"])
     width, height = options.video_size
     daemons = []
-    results: dict = {"video": "%dx%d@%g VP8" % (width, height, options.fps)}
+    results: dict = {}
     try:
         url = options.server
         if url is None:
-            server = Daemon(reactor, "pcsignal", "--listen", "tcp:%d:interface=127.0.0.1" % _free_port())
+            server = start_daemon("pcsignal", "--listen", "tcp:%d:interface=127.0.0.1" % _free_port())
             daemons.append(server)
-            port = (await server.wait_for(r"pcsignal listening on 127\.0\.0\.1:(\d+)")).group(1)
+            port = (await wait_for(server, r"pcsignal listening on 127\.0\.0\.1:(\d+)")).group(1)
             url = "http://127.0.0.1:%s" % (port,)
-        answerer = Daemon(
-            reactor,
+        answerer = start_daemon(
             "pcpeer",
             "--server", url,
             "--name", ANSWERER,
@@ -177,7 +119,7 @@ async def run(reactor, options) -> dict:
             "--stats-interval=0",
         )
         daemons.append(answerer)
-        await answerer.wait_for(r"signed in to .* as %s " % (ANSWERER,))
+        await wait_for(answerer, r"signed in to .* as %s " % (ANSWERER,))
         peer = Peer(
             url,
             "bench-caller",
@@ -189,8 +131,10 @@ async def run(reactor, options) -> dict:
         # 1. set-up time
         setups = []
         for _ in range(options.calls):
-            setup, _, _ = await one_call(peer, answerer)
+            setup, call, _ = await one_call(peer, answerer)
             setups.append(setup)
+        video = [c.split(" ")[0].split("/", 1)[1] for c in call.codecs if c.startswith("video/")]
+        results["video"] = "%dx%d@%g %s" % (width, height, options.fps, video[0] if video else "?")
         results["setup_s"] = {
             "calls": len(setups),
             "median": round(statistics.median(setups), 4),
@@ -198,14 +142,14 @@ async def run(reactor, options) -> dict:
             "min": round(min(setups), 4),
             "max": round(max(setups), 4),
         }
-        print("set-up: %s" % (results["setup_s"],), flush=True)
+        progress("set-up: %d calls measured" % (len(setups),))
 
         # 2. CPU and delivered frames over one long call
         if options.hold_seconds > 0:
-            cpu_daemon, cpu_self, wall = answerer.cpu_seconds(), time.process_time(), time.monotonic()
+            cpu_daemon, cpu_self, wall = answerer.stats.cpu_seconds(), time.process_time(), time.monotonic()
             _, call, summary = await one_call(peer, answerer, hold=options.hold_seconds)
             wall = time.monotonic() - wall
-            cpu_daemon = answerer.cpu_seconds() - cpu_daemon
+            cpu_daemon = answerer.stats.cpu_seconds() - cpu_daemon
             cpu_self = time.process_time() - cpu_self
             daemon_sent = _video_frames(summary.group("sent"))
             daemon_received = _video_frames(summary.group("received"))
@@ -220,7 +164,7 @@ async def run(reactor, options) -> dict:
                 "caller_to_daemon_decoded_percent": round(100 * daemon_received / max(1, our_sent), 1),
                 "daemon_sent_fps": round(daemon_sent / wall, 1),
             }
-            print("long call: %s" % (results["long_call"],), flush=True)
+            progress("long call: done")
 
         # 3. memory over back-to-back calls
         if options.churn > 0:
@@ -230,7 +174,7 @@ async def run(reactor, options) -> dict:
                 setup, _, _ = await one_call(peer, answerer, hold=options.churn_hold)
                 churn_setups.append(setup)
                 if n % 10 == 0 or n == options.churn:
-                    rss[n] = (answerer.rss_kib(), _own_rss_kib())
+                    rss[n] = (answerer.stats.rss_bytes() // 1024, psutil.Process().memory_info().rss // 1024)
             # RSS swings by tens of MB within a call (codec buffers come and
             # go), so compare peaks: calls 10-30 against the last 30.
             samples = [rss[n] for n in sorted(rss)]
@@ -246,11 +190,14 @@ async def run(reactor, options) -> dict:
                 # The whole curve, to tell a leak (steady climb) from swings.
                 "daemon_rss_kib_every_10": [sample[0] for sample in samples],
             }
-            print("churn: %s" % (results["churn"],), flush=True)
+            progress("churn: done")
         await peer.stop()
     finally:
         for daemon in reversed(daemons):
-            daemon.stop()
+            try:
+                daemon.stop()
+            except AssertionError as e:  # it had to be killed
+                progress(str(e).splitlines()[0])
     results["machine"] = {
         "nproc": os.cpu_count(),
         "loadavg_at_end": os.getloadavg(),
@@ -271,21 +218,73 @@ def _cpu_model() -> str:
 
 
 def _size(text: str) -> tuple[int, int]:
-    width, height = (int(x) for x in text.lower().split("x"))
+    try:
+        width, height = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("must look like 640x480, not %r" % (text,))
     return width, height
 
 
+def table(results: dict) -> str:
+    """The results as a few readable lines."""
+    lines = []
+    setup = results.get("setup_s")
+    if setup:
+        lines.append(
+            "set-up to first video frame: median %.3f s, p95 %.3f s (min %.3f, max %.3f; %d calls)"
+            % (setup["median"], setup["p95"], setup["min"], setup["max"], setup["calls"])
+        )
+    long_call = results.get("long_call")
+    if long_call:
+        lines.append("one %.0f s call at %s:" % (long_call["seconds"], results["video"]))
+        lines.append(
+            "  video decoded: daemon -> caller %.1f %% (%d of %d), caller -> daemon %.1f %% (%d of %d)"
+            % (
+                long_call["daemon_to_caller_decoded_percent"],
+                long_call["daemon_to_caller_frames"][1],
+                long_call["daemon_to_caller_frames"][0],
+                long_call["caller_to_daemon_decoded_percent"],
+                long_call["caller_to_daemon_frames"][1],
+                long_call["caller_to_daemon_frames"][0],
+            )
+        )
+        lines.append(
+            "  CPU: daemon %.1f %% of a core, caller %.1f %%; daemon sent %.1f fps"
+            % (long_call["daemon_cpu_percent_of_a_core"], long_call["caller_cpu_percent_of_a_core"],
+               long_call["daemon_sent_fps"])
+        )
+    churn = results.get("churn")
+    if churn:
+        early, late = churn["daemon_rss_kib_peak_early_and_late"]
+        lines.append(
+            "%d back-to-back calls: daemon RSS peak %.0f MB early, %.0f MB late (%+.1f %%); every 10 calls: %s MB"
+            % (churn["calls"], early / 1024, late / 1024, churn["daemon_rss_growth_percent"],
+               ", ".join("%.0f" % (kib / 1024) for kib in churn["daemon_rss_kib_every_10"]))
+        )
+    machine = results["machine"]
+    lines.append("machine: %s, %d CPUs, load %.2f at the end" % (machine["cpu"], machine["nproc"],
+                                                                 machine["loadavg_at_end"][0]))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pcpeer-bench", description=DESCRIPTION)
+    parser.add_argument("--server", help="use this signaling server (URL) instead of starting pcsignal")
+    parser.add_argument("--calls", type=positive_int, default=20, help="calls for the set-up time (default 20)")
+    parser.add_argument("--hold-seconds", type=float, default=30.0,
+                        help="length of the CPU/frames call; 0 skips it (default 30)")
+    parser.add_argument("--churn", type=int, default=100,
+                        help="back-to-back calls for the memory check; 0 skips it (default 100)")
+    parser.add_argument("--churn-hold", type=float, default=0.5,
+                        help="seconds each churn call stays up (default 0.5)")
+    parser.add_argument("--video-size", type=_size, default=(640, 480), help="test pattern size (default 640x480)")
+    parser.add_argument("--fps", type=positive_float, default=30.0, help="test pattern frame rate (default 30)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    return parser
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", help="use this signaling server instead of starting pcsignal")
-    parser.add_argument("--calls", type=int, default=20, help="calls for the set-up time [20]")
-    parser.add_argument("--hold-seconds", type=float, default=30.0, help="length of the CPU/frames call [30]")
-    parser.add_argument("--churn", type=int, default=100, help="back-to-back calls for the memory check [100]")
-    parser.add_argument("--churn-hold", type=float, default=0.5, help="seconds each churn call stays up [0.5]")
-    parser.add_argument("--video-size", type=_size, default=(640, 480), help="test pattern size [640x480]")
-    parser.add_argument("--fps", type=float, default=30.0, help="test pattern frame rate [30]")
-    parser.add_argument("--json", help="also write the results to this file")
-    options = parser.parse_args(argv)
+    options = build_parser().parse_args(argv)
 
     from twisted.internet import asyncioreactor
 
@@ -293,11 +292,7 @@ def main(argv=None) -> None:
     from twisted.internet import defer, task
 
     def report(results):
-        text = json.dumps(results, indent=2)
-        print(text)
-        if options.json:
-            with open(options.json, "w") as f:
-                f.write(text + "\n")
+        print(json.dumps(results, indent=2) if options.json else table(results))
 
     task.react(lambda reactor: defer.ensureDeferred(run(reactor, options)).addCallback(report))
 

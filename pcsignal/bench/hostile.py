@@ -296,10 +296,8 @@ def _child_env() -> dict:
 
 
 async def start_churner(url: str, seconds: float, source: Optional[str]):
-    argv = [sys.executable, "-m", "pcsignal.bench.signaling", url, "churner",
-            "--seconds", str(seconds), "--json"]
-    if source:
-        argv += ["--source-address", source]
+    # Not a scenario users see: started by churn itself (see the end of this module).
+    argv = [sys.executable, "-m", "pcsignal.bench.hostile", url, str(seconds), source or ""]
     return await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=_child_env())
 
@@ -537,10 +535,6 @@ def add_parsers(scenarios, common: argparse.ArgumentParser) -> None:
                              help="seconds between RSS samples (default 1)")
     soak_parser.add_argument("--seed", type=int, default=1, help="fuzz seed (default 1)")
 
-    # Started by churn itself; no help: not for users.
-    churner_parser = scenarios.add_parser("churner", parents=[common])
-    churner_parser.add_argument("--seconds", type=positive_float, default=10.0)
-    churner_parser.add_argument("--source-address", default=None)
 
 
 async def run(args: argparse.Namespace, server) -> dict:
@@ -552,8 +546,6 @@ async def run(args: argparse.Namespace, server) -> dict:
         source = args.source_address or loopback_source(args.url, CHURN_SOURCE)
         return await churn(args.url, args.pairs, args.seconds, args.size, args.timeout, source,
                            server)
-    if args.scenario == "churner":
-        return await churner(args.url, args.seconds, args.source_address)
     return await soak(args.url, args.duration, args.pairs, args.silent, args.slow,
                       args.churn_rate, args.fuzz_rate, args.sample, args.seed, server,
                       args.server_pid)
@@ -601,3 +593,9 @@ def summary(result: dict) -> list[str]:
                      "MiB, %(last)s MiB last" % result["server_rss_mib"])
     lines.append("server still answering: %s" % ("yes" if result["server_answering"] else "NO"))
     return lines
+
+
+if __name__ == "__main__":
+    # The churner of the churn scenario: URL SECONDS SOURCE; prints its result as JSON.
+    url, seconds, source = sys.argv[1:4]
+    print(json.dumps(asyncio.run(churner(url, float(seconds), source or None))))

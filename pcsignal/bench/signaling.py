@@ -36,9 +36,9 @@ import time
 from typing import Callable, Optional
 
 import aiohttp
+import psutil
 
 from pcsignal.bench import hostile
-from pcsignal.bench import workers as bench_workers
 from pcsignal.bench.peers import (
     FAILURES,
     BenchPeer,
@@ -50,21 +50,14 @@ from pcsignal.bench.peers import (
     new_session,
     sent_at,
 )
+from pcsignal.bench.percentiles import percentile
+from pcsignal.bench.processes import ProcessStats
 from pcsignal.bench.workers import WorkerPool, own_cpu_seconds
 from pcsignal.fds import raise_open_files_limit as raise_fd_limit  # one socket per peer
 from pcsignal.options import fraction, positive_float, positive_int
 
 
 # -- measurements ----------------------------------------------------------------
-
-
-def percentile(values: list[float], fraction: float) -> Optional[float]:
-    """Nearest-rank percentile (fraction in 0..1) of values; None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def latency_summary(seconds: list[float]) -> dict:
@@ -107,37 +100,6 @@ def delivery_check(sent: list[int], received: list[int]) -> dict:
     }
 
 
-class ServerProcess:
-    """
-    Memory and CPU of a local server process, read from /proc, so it works
-    for any server (ours or another) given its pid.
-    """
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self._ticks = os.sysconf("SC_CLK_TCK")
-
-    def _status_kib(self, field_name: str) -> Optional[int]:
-        with open("/proc/%d/status" % (self.pid,)) as status:
-            for line in status:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-        return None
-
-    def rss_mib(self) -> float:
-        return round(self._status_kib("VmRSS") / 1024.0, 1)
-
-    def peak_rss_mib(self) -> float:
-        return round(self._status_kib("VmHWM") / 1024.0, 1)
-
-    def cpu_seconds(self) -> float:
-        with open("/proc/%d/stat" % (self.pid,)) as stat:
-            # The command name (field 2) may contain spaces: split after it.
-            fields = stat.read().rsplit(")", 1)[1].split()
-        utime, stime = int(fields[11]), int(fields[12])
-        return (utime + stime) / self._ticks
-
-
 def _prefix(scenario: str) -> str:
     return "bench-%s-%d" % (scenario, os.getpid())
 
@@ -159,7 +121,7 @@ async def relay(
     messages: Optional[int],
     size: int,
     timeout: float = 30.0,
-    server: Optional[ServerProcess] = None,
+    server: Optional[ProcessStats] = None,
     abandon: float = 0.0,
     abandon_after: float = 0.005,
     seed: Optional[int] = None,
@@ -340,7 +302,7 @@ async def storm(
     idle_timeout: float,
     processes: int = 1,
     loop: str = "asyncio",
-    server: Optional[ServerProcess] = None,
+    server: Optional[ProcessStats] = None,
 ) -> dict:
     """N peers sign in one after another until every peer knows every other."""
     pool = WorkerPool(url, processes, loop)
@@ -396,7 +358,7 @@ async def hold(
     timeout: float,
     processes: int = 1,
     loop: str = "asyncio",
-    server: Optional[ServerProcess] = None,
+    server: Optional[ProcessStats] = None,
     seed: Optional[int] = None,
 ) -> dict:
     """
@@ -503,10 +465,7 @@ def summary(result: dict) -> str:
             "relay: %d pairs, %d messages in %.2fs = %.1f msgs/s"
             % (result["pairs"], result["messages"], result["seconds"], result["messages_per_second"])
         )
-        lines.append(
-            "one-way latency: p50 %s ms, p99 %s ms, max %s ms"
-            % (latency["p50_ms"], latency["p99_ms"], latency["max_ms"])
-        )
+        lines.append(_latency_line("one-way latency", latency))
         if "delivery" in result:
             delivery = result["delivery"]
             lines.append(
@@ -537,10 +496,7 @@ def summary(result: dict) -> str:
             "hold: %d peers parked (%.2fs to park), %d messages delivered"
             % (result["parked"], result["parked_seconds"], latency["count"])
         )
-        lines.append(
-            "delivery latency: p50 %s ms, p99 %s ms, max %s ms"
-            % (latency["p50_ms"], latency["p99_ms"], latency["max_ms"])
-        )
+        lines.append(_latency_line("delivery latency", latency))
         if "server_rss_mib" in result:
             rss = result["server_rss_mib"]
             lines.append(
@@ -564,6 +520,12 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _latency_line(what: str, latency: dict) -> str:
+    if not latency["count"]:
+        return "%s: none measured (no message was delivered)" % (what,)
+    return "%s: p50 %s ms, p99 %s ms, max %s ms" % (what, latency["p50_ms"], latency["p99_ms"], latency["max_ms"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pcsignal-bench",
@@ -582,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("url", help="base URL of the signaling server, e.g. http://127.0.0.1:8888")
+    parser.add_argument("url", type=base_url, help="base URL of the signaling server, e.g. http://127.0.0.1:8888")
     # Options every scenario takes, accepted after the scenario name.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -656,16 +618,41 @@ def build_parser() -> argparse.ArgumentParser:
     hold_parser.add_argument("--size", type=positive_int, default=200, help="message bytes (default 200)")
     hold_parser.add_argument("--timeout", type=positive_float, default=180.0, help="give up parking or delivering after this many seconds (default 180)")
     hold_parser.add_argument("--seed", type=int, help="random seed for picking receivers")
-
-    # Started by storm and hold themselves (see pcsignal.bench.workers); no help: not for users.
-    scenarios.add_parser("worker", parents=[common])
     hostile.add_parsers(scenarios, common)  # fuzz, churn, soak
     return parser
 
 
+def base_url(text: str) -> str:
+    """The URL argument: http:// or https://, with a hint for a bare host:port."""
+    if text.startswith(("http://", "https://")):
+        return text.rstrip("/")
+    if "://" in text:
+        raise argparse.ArgumentTypeError("%r: only http:// and https:// URLs" % (text,))
+    raise argparse.ArgumentTypeError("%r is not a URL: did you mean http://%s ?" % (text, text))
+
+
+async def unreachable(url: str, timeout: float = 10.0) -> Optional[str]:
+    """Why nothing answers HTTP at url (any answer will do), or None."""
+    try:
+        async with new_session() as session:
+            async with session.get(url + "/", timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
+                await answer.read()
+    except asyncio.TimeoutError:
+        return "no answer within %g s" % (timeout,)
+    except aiohttp.ClientConnectorError as e:
+        error = e.os_error
+        return os.strerror(error.errno) if error.errno else describe(error)
+    except (aiohttp.ClientError, OSError) as e:
+        return describe(e)
+    return None
+
+
 async def run(args: argparse.Namespace, loop: str) -> dict:
-    server = ServerProcess(args.server_pid) if args.server_pid else None
-    if args.scenario in hostile.SCENARIOS + ("churner",):
+    problem = await unreachable(args.url)
+    if problem is not None:
+        raise SystemExit("pcsignal-bench: cannot reach %s: %s" % (args.url, problem))
+    server = ProcessStats(args.server_pid) if args.server_pid else None
+    if args.scenario in hostile.SCENARIOS:
         return await hostile.run(args, server)
     if args.scenario == "relay":
         return await relay(
@@ -701,14 +688,11 @@ def event_loop_runner(choice: str) -> tuple[str, Callable]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.server_pid and not os.path.exists("/proc/%d/status" % (args.server_pid,)):
+    if args.server_pid and not psutil.pid_exists(args.server_pid):
         print("pcsignal-bench: no process %d on this machine" % (args.server_pid,), file=sys.stderr)
         return 2
     raise_fd_limit()
     loop_name, run_loop = event_loop_runner(args.loop)
-    if args.scenario == "worker":
-        run_loop(bench_workers.serve(args.url))
-        return 0
     result = run_loop(run(args, loop_name))
     result["client"] = {
         "event_loop": loop_name,

@@ -152,7 +152,7 @@ class WorkerPool:
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         for _ in range(self.count):
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pcsignal.bench.signaling", self.url, "worker", "--loop", self.loop,
+                sys.executable, "-m", "pcsignal.bench.workers", self.url, self.loop,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 env=env,
@@ -249,3 +249,17 @@ class WorkerPool:
             totals["errors"].extend(worker.result["errors"])
             totals["cpu"] += worker.result["cpu"]
         return totals
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``python -m pcsignal.bench.workers URL LOOP``: one worker, as WorkerPool starts it (not for users)."""
+    from pcsignal.bench.signaling import event_loop_runner, raise_fd_limit
+
+    url, loop = argv if argv is not None else sys.argv[1:]
+    raise_fd_limit()
+    _, run_loop = event_loop_runner(loop)
+    run_loop(serve(url))
+
+
+if __name__ == "__main__":
+    main()

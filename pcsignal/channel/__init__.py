@@ -143,6 +143,8 @@ class IChannel(Interface):
     waiting_count = Attribute("Number of parked waits.")
     queued_count = Attribute("Items held for all peers: queued, requeued or in flight.")
     queued_bytes = Attribute("Bytes of message bodies held for all peers.")
+    problem = Attribute("None while the channel can serve; else why not, in a few words "
+                        "(/healthz answers 503 with it).")
 
     def sign_in(raw_name: bytes) -> Deferred:
         """
@@ -187,7 +189,20 @@ def random_ids(rng=None) -> Callable[[], int]:
     return lambda: rng.randint(1, protocol.MAX_PEER_ID)
 
 
+class SequentialIds:
+    """The reference server's numbering: 1, 2, 3, ...; ``next_id`` is kept
+    across a restart by the state file."""
+
+    def __init__(self, next_id: int = 1):
+        self.next_id = next_id
+
+    def __call__(self) -> int:
+        if self.next_id > protocol.MAX_PEER_ID:
+            raise StopIteration("no peer id left")
+        peer_id, self.next_id = self.next_id, self.next_id + 1
+        return peer_id
+
+
 def sequential_ids() -> Callable[[], int]:
     """The reference server's numbering: 1, 2, 3, ..."""
-    counter = iter(range(1, protocol.MAX_PEER_ID + 1))
-    return lambda: next(counter)
+    return SequentialIds()

@@ -12,6 +12,7 @@ out, then requeued: served again before the mailbox, keeping their numbers).
 
 from __future__ import annotations
 
+import base64
 import hmac
 import secrets
 from collections import deque
@@ -37,6 +38,9 @@ from pcsignal.channel import (
     notification,
     random_ids,
 )
+
+# A module-level logger: as a class attribute, a Logger renames itself after the class.
+log = logs.logger("pcsignal.channel")
 
 # Rebuild a mailbox once this many cancelled notifications sit in it (and
 # they outnumber the live items), so churn cannot grow it without bound.
@@ -115,7 +119,7 @@ class MemoryChannel:
     dropped exactly as if it had signed out.
     """
 
-    log = logs.logger("pcsignal.channel")
+    problem = None  # nothing outside this process can fail it
 
     def __init__(
         self,
@@ -152,7 +156,7 @@ class MemoryChannel:
         self._members[peer_id] = member
         self._arm_timeout(member)
         self._drop_slow(dropped)
-        self.log.info("sign-in {name!r} as {peer_id} ({count} peers)",
+        log.info("sign-in {name!r} as {peer_id} ({count} peers)",
                       name=logs.clip(member.name), peer_id=peer_id, count=len(self._members))
         if self.metrics:
             self.metrics.sign_ins.inc()
@@ -194,7 +198,7 @@ class MemoryChannel:
         self.queued_bytes += len(body)
         self._hand_out(target)
         if logs.debug:
-            self.log.debug("message {from_id} -> {to_id}: {size} bytes",
+            log.debug("message {from_id} -> {to_id}: {size} bytes",
                            from_id=from_id, to_id=to_id, size=len(body))
         if self.metrics:
             self.metrics.messages.inc()
@@ -246,6 +250,64 @@ class MemoryChannel:
             member.in_flight.clear()
             self._hand_out(member)
         return succeed(None)
+
+    # -- state across a restart (--state-file) ------------------------------------
+
+    def snapshot(self) -> dict:
+        """
+        Everything needed to carry on after a restart, as a JSON-able dict:
+        members in sign-in order with their names, tokens and items (in
+        flight and requeued ones first, with their numbers: not known to be
+        read, so they will be handed out again), and the id allocator's
+        position.  Parked waits and timers are not kept.
+        """
+        members = []
+        for m in self._members.values():
+            handed = [_item_state(item, n) for n, item in (*m.in_flight, *m.returned)]
+            untold = [_item_state(item) for item in m.mailbox if m.live(item)]
+            members.append({"id": m.peer_id, "name": m.name, "token": m.token,
+                            "next_n": m.next_n, "items": handed + untold})
+        return {"members": members, "next_id": getattr(self._new_id, "next_id", None)}
+
+    def restore(self, snapshot: dict) -> None:
+        """
+        Take the members and items of a ``snapshot()`` into this (empty)
+        channel.  Each restored member has ``peer_timeout`` to come back
+        with a /wait, or leaves as usual.  Raises ValueError (or KeyError,
+        TypeError) on a malformed snapshot, having changed nothing.
+        """
+        if self._members:
+            raise ValueError("restore into a channel that has members")
+        shared: dict = {}  # one Item per notification, as when it was made
+        restored = []
+        for state in snapshot["members"]:
+            peer_id, name, token = int(state["id"]), state["name"], state["token"]
+            if not (0 < peer_id <= protocol.MAX_PEER_ID and isinstance(name, str)
+                    and isinstance(token, str) and token):
+                raise ValueError("bad member %r" % (peer_id,))
+            if any(m.peer_id == peer_id for m in restored):
+                raise ValueError("member %d twice" % (peer_id,))
+            member = _Member(peer_id, name, token)
+            member.next_n = int(state["next_n"])
+            for item_state in state["items"]:
+                n, item = _item_from_state(item_state, shared)
+                if n is not None:
+                    member.returned.append((n, item))
+                else:
+                    member.mailbox.append(item)
+                    if item.sender is None:
+                        member.presence[item.subject] = item
+            restored.append(member)
+        next_id = snapshot.get("next_id")
+        if next_id is not None and hasattr(self._new_id, "next_id"):
+            self._new_id.next_id = max(self._new_id.next_id, int(next_id))
+        for member in restored:
+            self._members[member.peer_id] = member
+            for item in member.items():
+                self.queued_count += 1
+                if item.sender is not None:
+                    self.queued_bytes += len(item.body)
+            self._arm_timeout(member)
 
     def close(self) -> Deferred:
         self._closed = True
@@ -348,8 +410,35 @@ class MemoryChannel:
             member.in_flight.clear()
             member.returned.clear()
             member.presence.clear()
-            self.log.info("{why}: {name!r} ({peer_id}), {count} peers left",
+            log.info("{why}: {name!r} ({peer_id}), {count} peers left",
                           why=why, name=logs.clip(member.name), peer_id=member.peer_id,
                           count=len(self._members))
             for slow in self._notify_all(notification(member.name, member.peer_id, False)):
                 pending.append((slow, "dropped (mailbox full)"))
+
+
+def _item_state(item: Item, n: Optional[int] = None) -> dict:
+    state = {"sender": item.sender, "body": base64.b64encode(item.body).decode("ascii")}
+    if item.content_type is not None:
+        state["type"] = item.content_type.decode("latin-1")
+    if item.subject is not None:
+        state["subject"] = item.subject
+    if n is not None:
+        state["n"] = n
+    return state
+
+
+def _item_from_state(state: dict, shared: dict) -> tuple[Optional[int], Item]:
+    sender, subject, n = state["sender"], state.get("subject"), state.get("n")
+    content_type = state.get("type")
+    item = Item(
+        None if sender is None else int(sender),
+        base64.b64decode(state["body"], validate=True),
+        None if content_type is None else content_type.encode("latin-1"),
+        None if subject is None else int(subject),
+    )
+    if item.sender is None:
+        if item.subject is None:
+            raise ValueError("a notification about nobody")
+        item = shared.setdefault((item.body, item.subject), item)
+    return (None if n is None else int(n)), item

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional
 
 from aiortc import RTCConfiguration, RTCIceTransportPolicy, RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaRecorder, MediaRelay
+from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription as ParsedSdp
 from aiortc.sdp import candidate_from_sdp
@@ -49,10 +49,16 @@ from pcsignal import logs, protocol
 from pcsignal.peer.framework import api_future
 from pcsignal.peer.ice import ice_configuration, turn_server_used, why_no_relay
 from pcsignal.peer.media import CountingTrack, SharedSource
+from pcsignal.peer.recorder import CallRecorder
 from pcsignal.peer.recording import KINDS, RECORDABLE_KINDS, recording_path
 
 #: Received-frame counts that get an info log line (tests wait for them).
 FRAME_MILESTONES = (1, 30, 60, 100, 300, 1000)
+#: Candidates named in the line about ICE not connecting (and kept per call).
+MAX_LISTED_CANDIDATES = 10
+#: After an ignored message is logged, more from that peer go to debug level.
+IGNORED_QUIET_SECONDS = 10.0
+MAX_QUIETED = 1000
 
 SendFunction = Callable[[int, bytes], Any]
 #: Gives the ICE configuration for a new call (pcpeer: from the server's /ice-servers).
@@ -71,6 +77,9 @@ class CallConfig:
     record: Optional[str] = None
     echo: bool = False
     stats_interval: float = 5.0
+    #: Seconds for ICE to connect once both descriptions are set; then the
+    #: call ends with one line saying which addresses were tried.
+    ice_timeout: float = 20.0
 
 
 def label(peer_name: str, peer_id: int) -> str:
@@ -102,18 +111,22 @@ class Call:
         self.sent: dict[str, CountingTrack] = {}
         self.received: dict[str, CountingTrack] = {}
         self.recording: Optional[str] = None
+        #: What the call negotiated, e.g. ["audio/opus 48000/2", "video/VP8 90000"].
+        self.codecs: list[str] = []
         self.end_reason: Optional[str] = None
         loop = asyncio.get_event_loop()
         self.connected: asyncio.Future = loop.create_future()
         self.ended: asyncio.Future = loop.create_future()
         self.first_frame: dict[str, asyncio.Future] = {kind: loop.create_future() for kind in KINDS}
         self._source_proxies: dict[str, MediaStreamTrack] = {}
-        self._recorder: Optional[MediaRecorder] = None
-        self._recorder_started = False
+        self._recorder: Optional[CallRecorder] = None
+        self._recorder_failed = False
         self._sinks: list[asyncio.Task] = []
         self._stats_task: Optional[asyncio.Task] = None
         self._watched_transports: set[int] = set()
         self._relay_checked = False
+        self._remote_trickled: list[str] = []
+        self._ice_timer: Optional[asyncio.TimerHandle] = None
         self._watch_peer_connection()
 
     # -- public, for API users -------------------------------------------------
@@ -145,6 +158,7 @@ class Call:
         self._echo_data_channel(self.pc.createDataChannel("chat"))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self._watch_dtls()
+        self._start_ice_timer()
         self.log.info("sending offer to {label}", label=self.label)
         self.manager.send(self.peer_id, protocol.SessionDescription("offer", self.pc.localDescription.sdp))
         await self._check_candidates()
@@ -157,16 +171,15 @@ class Call:
             self._attach_outgoing(offered, caller=False)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._watch_dtls()
+        self._start_ice_timer()
         self.log.info("sending answer to {label}", label=self.label)
         self.manager.send(self.peer_id, protocol.SessionDescription("answer", self.pc.localDescription.sdp))
         await self._check_candidates()
         self._log_codecs(self.pc.localDescription.sdp)
-        await self._start_recorder()
 
     async def accept_answer(self, sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         self._log_codecs(sdp)
-        await self._start_recorder()
 
     async def add_candidate(self, message: protocol.IceCandidate) -> None:
         text = message.candidate.strip()
@@ -187,6 +200,8 @@ class Call:
         if message.sdpMid is None and message.sdpMLineIndex is None:
             candidate.sdpMLineIndex = 0
         await self.pc.addIceCandidate(candidate)
+        if len(self._remote_trickled) < MAX_LISTED_CANDIDATES:
+            self._remote_trickled.append("%s (%s)" % (candidate.ip, candidate.type))
         self.log.debug("candidate from {label}: {candidate}", label=self.label, candidate=text)
 
     async def _check_candidates(self) -> None:
@@ -242,35 +257,38 @@ class Call:
             return
         self.log.info("receiving {kind} from {label}", kind=kind, label=self.label)
         counted = self.received[kind] = CountingTrack(track, self._on_received_frame)
-        consumers = []
-        if self.config.echo:
-            consumers.append("echo")
-        if self.config.record and kind in RECORDABLE_KINDS[_extension(self.config.record)] and not self._recorder_started:
-            consumers.append("record")
-        relay = MediaRelay() if len(consumers) > 1 else None
-        for consumer in consumers:
+        record = self.config.record is not None and kind in RECORDABLE_KINDS[_extension(self.config.record)]
+        echo_feed = record_feed = counted
+        if self.config.echo and record:
             # The recorder must not drop frames; echo wants the latest one.
-            feed = relay.subscribe(counted, buffered=consumer == "record") if relay else counted
-            if consumer == "echo":
-                self.sent[kind] = CountingTrack(feed)
-                self.pc.addTrack(self.sent[kind])
-            else:
-                self._recorder_for_call().addTrack(feed)
-        if not consumers:
-            # Decode and count even when nothing uses the media.
-            self._sinks.append(asyncio.ensure_future(_drain(counted)))
+            relay = MediaRelay()
+            echo_feed, record_feed = relay.subscribe(counted, buffered=False), relay.subscribe(counted, buffered=True)
+        if self.config.echo:
+            self.sent[kind] = CountingTrack(echo_feed)
+            self.pc.addTrack(self.sent[kind])
+        if record and not self._record(record_feed) or not record and not self.config.echo:
+            # Decode and count even when nothing (else) reads the track.
+            self._sinks.append(asyncio.ensure_future(_drain(record_feed)))
 
-    def _recorder_for_call(self) -> MediaRecorder:
+    def _record(self, track: MediaStreamTrack) -> bool:
+        """Record a received track (read from now on by the recorder); False if it cannot be."""
         if self._recorder is None:
-            self.recording = recording_path(self.config.record, self.peer_name, self.peer_id)
-            self._recorder = MediaRecorder(self.recording)
-        return self._recorder
-
-    async def _start_recorder(self) -> None:
-        if self._recorder is not None and not self._recorder_started:
-            self._recorder_started = True
-            await self._recorder.start()
-            self.log.info("recording call with {label} to {path}", label=self.label, path=self.recording)
+            if self._recorder_failed:
+                return False  # said once already
+            try:
+                path = recording_path(self.config.record, self.peer_name, self.peer_id)
+                self._recorder = CallRecorder(path, self.log, "the call with " + self.label)
+            except Exception as e:
+                self._recorder_failed = True
+                self.log.error("cannot record the call with {label}: {e}", label=self.label, e=e)
+                return False
+            self.recording = path
+            self.log.info("recording call with {label} to {path}", label=self.label, path=path)
+        if self._recorder.add_track(track):
+            return True
+        self.log.info("not recording the new {kind} track of {label}: the recording is under way",
+                      kind=track.kind, label=self.label)
+        return False
 
     def _on_received_frame(self, track: CountingTrack) -> None:
         if track.frames == 1:
@@ -331,10 +349,48 @@ class Call:
                 self.log.info("call with {label} connected in {elapsed:.3f} s", label=self.label, elapsed=elapsed)
                 if not self.connected.done():
                     self.connected.set_result(elapsed)
+                self._stop_ice_timer()
                 if self._stats_task is None and self.config.stats_interval > 0:
                     self._stats_task = asyncio.ensure_future(self._log_stats_forever())
             elif state == "failed":
                 self.manager.end_call_soon(self.peer_id, "connection failed", send_bye=True)
+
+    def _start_ice_timer(self) -> None:
+        if self._ice_timer is None and not self.connected.done():
+            self._ice_timer = asyncio.get_event_loop().call_later(self.config.ice_timeout, self._ice_timed_out)
+
+    def _stop_ice_timer(self) -> None:
+        if self._ice_timer is not None:
+            self._ice_timer.cancel()
+            self._ice_timer = None
+
+    def _ice_timed_out(self) -> None:
+        """ICE never connected: say which addresses were tried, and why that may be, then end."""
+        ours = _candidates(self.pc.localDescription)
+        theirs = sorted(set(_candidates(self.pc.remoteDescription) + self._remote_trickled))
+        if not ours:
+            hint = ("we offered no address: this host has none but loopback? "
+                    "use --ice-address (127.0.0.1 when the other side is on this machine)")
+        elif self.pc.remoteDescription is None:
+            hint = "no answer to our offer came"
+        elif self.pc.iceConnectionState in ("connected", "completed"):
+            hint = "ICE found a path, but the DTLS handshake over it did not finish"
+        elif not theirs:
+            hint = "they offered no address (none trickled yet)"
+        else:
+            hint = ("no pair of these reached each other: on one machine use --ice-address 127.0.0.1 "
+                    "(and Chromium's --allow-loopback-in-peer-connection); across NATs add --ice-server")
+        self.log.warn(
+            "ICE with {label} did not connect within {seconds:g} s (state {state}): we offered {ours}; "
+            "they offered {theirs}; {hint}",
+            label=self.label,
+            seconds=self.config.ice_timeout,
+            state=self.pc.iceConnectionState,
+            ours=", ".join(ours) or "nothing",
+            theirs=", ".join(theirs) or "nothing",
+            hint=hint,
+        )
+        self.manager.end_call_soon(self.peer_id, "ICE did not connect", send_bye=True)
 
     def _watch_dtls(self) -> None:
         for transceiver in self.pc.getTransceivers():
@@ -351,17 +407,11 @@ class Call:
     def _log_codecs(self, answer_sdp: str) -> None:
         """The answer's first codec per m-line is what both sides use."""
         try:
-            media = ParsedSdp.parse(answer_sdp).media
+            self.codecs = negotiated_codecs(answer_sdp)
         except Exception as e:
-            self.log.warn("cannot read codecs from the answer of {label}: {e}", label=self.label, e=e)
+            self.log.warn("cannot read codecs from the answer of {label}: {e}", label=self.label, e=_short(str(e)))
             return
-        codecs = []
-        for m in media:
-            usable = [c for c in m.rtp.codecs if c.mimeType.split("/")[-1].lower() not in ("rtx", "red", "ulpfec")]
-            if usable and m.port != 0:
-                c = usable[0]
-                codecs.append("%s %d%s" % (c.mimeType, c.clockRate, "/%d" % c.channels if c.channels else ""))
-        self.log.info("codecs with {label}: {codecs}", label=self.label, codecs=", ".join(codecs) or "none")
+        self.log.info("codecs with {label}: {codecs}", label=self.label, codecs=", ".join(self.codecs) or "none")
 
     async def _rtp_counts(self) -> dict[str, Any]:
         """Packets and bytes per kind (aiortc counts received bytes per transport only)."""
@@ -419,6 +469,7 @@ class Call:
         self.end_reason = reason
         if self._stats_task is not None:
             self._stats_task.cancel()
+        self._stop_ice_timer()
         summary = await self.summary()
         if self._recorder is not None:
             try:
@@ -426,8 +477,7 @@ class Call:
             except Exception as e:
                 self.log.warn("recording {path} may be incomplete: {e}", path=self.recording, e=e)
             else:
-                if self._recorder_started:
-                    self.log.info("recorded call with {label} to {path}", label=self.label, path=self.recording)
+                self.log.info("recorded call with {label} to {path}", label=self.label, path=self.recording)
         if self._source_proxies:
             self.manager.source.unsubscribe(self._source_proxies)
             self._source_proxies = {}
@@ -462,6 +512,37 @@ async def _drain(track: MediaStreamTrack) -> None:
             await track.recv()
     except MediaStreamError:
         pass
+
+
+def negotiated_codecs(answer_sdp: str) -> list[str]:
+    """The codec of each active m-line of an answer, e.g. ``["audio/opus 48000/2", "video/VP8 90000"]``."""
+    codecs = []
+    for m in ParsedSdp.parse(answer_sdp).media:
+        usable = [c for c in m.rtp.codecs if c.mimeType.split("/")[-1].lower() not in ("rtx", "red", "ulpfec")]
+        if usable and m.port != 0:
+            c = usable[0]
+            codecs.append("%s %d%s" % (c.mimeType, c.clockRate, "/%d" % c.channels if c.channels else ""))
+    return codecs
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """Client-supplied text for a log line: cut, with its length noted."""
+    if len(text) <= limit:
+        return text
+    return "%s... (%d characters)" % (text[:limit], len(text))
+
+
+def _candidates(description: Optional[RTCSessionDescription]) -> list[str]:
+    """"ADDRESS (TYPE)" for the candidates in a description, at most MAX_LISTED_CANDIDATES."""
+    found: list[str] = []
+    for line in (description.sdp if description else "").splitlines():
+        if line.startswith("a=candidate:") and len(found) < MAX_LISTED_CANDIDATES:
+            try:
+                candidate = candidate_from_sdp(line[len("a=candidate:") :])
+            except (ValueError, IndexError):
+                continue
+            found.append("%s (%s)" % (candidate.ip, candidate.type))
+    return sorted(set(found))
 
 
 def _offer_problem(sdp: str) -> Optional[str]:
@@ -525,6 +606,8 @@ class CallManager(EventEmitter):
         # peer id -> [lock, users]: each peer's messages are handled in order;
         # an entry lives only while something uses it.
         self._locks: dict[int, list] = {}
+        # (peer id, kind) -> when an ignored message was last logged at info.
+        self._ignored_at: dict[tuple[int, str], float] = {}
 
     # -- for API users -----------------------------------------------------------
 
@@ -628,28 +711,47 @@ class CallManager(EventEmitter):
         who = label(peer_name, peer_id)
         call = self.calls.get(peer_id)
         if isinstance(message, protocol.Unrecognised):
-            self.log.warn("ignoring message from {who}: {reason}", who=who, reason=message.reason)
+            self._ignored(peer_id, "ignoring message from {who}: {reason}", who=who, reason=_short(message.reason))
         elif isinstance(message, protocol.Bye):
             if call is None:
-                self.log.info("BYE from {who}, with whom there is no call: ignored", who=who)
+                self._ignored(peer_id, "BYE from {who}, with whom there is no call: ignored", who=who)
             else:
                 await self._end_call(peer_id, "BYE received", False)
         elif isinstance(message, protocol.IceCandidate):
             if call is None:
-                self.log.warn("ignoring candidate from {who}: no call with that peer", who=who)
+                self._ignored(peer_id, "ignoring candidate from {who}: no call with that peer", who=who)
             else:
                 await self._guarded(call, "candidate", call.add_candidate(message), fatal=False)
         elif message.type == "offer":
             await self._on_offer(peer_id, peer_name, message.sdp)
         elif message.type == "answer":
             if call is None or call.pc.signalingState != "have-local-offer":
-                self.log.warn("ignoring answer from {who}: we made no offer to it", who=who)
+                self._ignored(peer_id, "ignoring answer from {who}: we made no offer to it", who=who)
             else:
                 await self._guarded(call, "answer", call.accept_answer(message.sdp), fatal=True)
         elif message.type == "offer-loopback":
-            self.log.info("declining offer-loopback from {who}: loopback calls are not supported", who=who)
+            self._ignored(peer_id, "declining offer-loopback from {who}: loopback calls are not supported", who=who)
         else:
-            self.log.warn("ignoring session description of type {type!r} from {who}", type=message.type, who=who)
+            self._ignored(peer_id, "ignoring session description of type {type} from {who}",
+                          type=_short(repr(message.type)), who=who)
+
+    def _ignored(self, peer_id: int, text: str, **fields) -> None:
+        """
+        Log a message ignored: the first of its kind from a peer at info
+        level, the same kind from that peer for IGNORED_QUIET_SECONDS after
+        at debug, so a flood (a BYE storm) costs one line.
+        """
+        now, key = time.monotonic(), (peer_id, text)
+        if now - self._ignored_at.get(key, -IGNORED_QUIET_SECONDS) < IGNORED_QUIET_SECONDS:
+            self.log.debug(text, **fields)
+            return
+        if len(self._ignored_at) >= MAX_QUIETED:
+            self._ignored_at = {k: t for k, t in self._ignored_at.items() if now - t < IGNORED_QUIET_SECONDS}
+            if len(self._ignored_at) >= MAX_QUIETED:
+                self._ignored_at.clear()  # a crowd: more lines, never more memory
+        self._ignored_at[key] = now
+        self.log.info(text + " (more from it within {quiet:g} s: debug level only)", quiet=IGNORED_QUIET_SECONDS,
+                      **fields)
 
     async def _on_offer(self, peer_id: int, peer_name: str, sdp: str) -> None:
         who = label(peer_name, peer_id)
@@ -659,8 +761,7 @@ class CallManager(EventEmitter):
                 self.log.info("glare with {who}: both offered; ours stands (the lower id wins)", who=who)
                 return
             self.log.info("glare with {who}: both offered; answering theirs (the higher id yields)", who=who)
-            self.calls.pop(peer_id)
-            await call.close("glare: yielded to the other offer")
+            await self._end_call(peer_id, "glare: yielded to the other offer", False)
             call = None
         if call is None:
             started = time.monotonic()
@@ -672,7 +773,7 @@ class CallManager(EventEmitter):
             if refusal is None and self._full():
                 refusal = "already in %d calls (--max-calls)" % (len(self.calls),)
             if refusal:
-                self.log.info("declining call from {who}: {refusal}", who=who, refusal=refusal)
+                self._ignored(peer_id, "declining call from {who}: {refusal}", who=who, refusal=_short(refusal))
                 self.send(peer_id, protocol.Bye())
                 return
             call = self._new_call(peer_id, peer_name, "callee", ice, started)
@@ -685,7 +786,7 @@ class CallManager(EventEmitter):
             await action
         except Exception as e:
             if fatal:
-                call.log.warn("bad {what} from {label}: {e!r}; hanging up", what=what, label=call.label, e=e)
+                call.log.warn("bad {what} from {label}: {e}; hanging up", what=what, label=call.label, e=_short(repr(e)))
                 await self._end_call(call.peer_id, "bad %s" % (what,), True)
             else:
-                call.log.warn("ignoring bad {what} from {label}: {e!r}", what=what, label=call.label, e=e)
+                call.log.warn("ignoring bad {what} from {label}: {e}", what=what, label=call.label, e=_short(repr(e)))

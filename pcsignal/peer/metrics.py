@@ -19,7 +19,7 @@ class PeerCollector:
     def __init__(self, peer):
         self.peer = peer
         self.started = 0
-        self.ended = Tally()  # by reason class
+        self.ended = 0
         self._frames_of_ended_calls = Tally()  # (direction, kind) -> frames
         peer.calls.on("call_started", self._call_started)
         peer.calls.on("call_ended", self._call_ended)
@@ -27,8 +27,8 @@ class PeerCollector:
     def _call_started(self, call):
         self.started += 1
 
-    def _call_ended(self, call, reason):
-        self.ended["ended"] += 1
+    def _call_ended(self, call, _reason):
+        self.ended += 1
         for direction, kinds in call.counts().items():
             for kind, frames in kinds.items():
                 self._frames_of_ended_calls[direction, kind] += frames
@@ -40,7 +40,7 @@ class PeerCollector:
         yield GaugeMetricFamily("pcpeer_calls", "Calls in progress.", value=len(calls))
         yield CounterMetricFamily("pcpeer_calls_started", "Calls started (made or answered).",
                                   value=self.started)
-        yield CounterMetricFamily("pcpeer_calls_ended", "Calls ended.", value=self.ended["ended"])
+        yield CounterMetricFamily("pcpeer_calls_ended", "Calls ended.", value=self.ended)
         frames = Tally(self._frames_of_ended_calls)
         for call in list(calls.values()):
             for direction, kinds in call.counts().items():

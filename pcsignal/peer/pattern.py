@@ -72,10 +72,6 @@ def _glyph_rects(char: str) -> list[tuple[int, int, int, int]]:
     return _DOTS.get(char, [])
 
 
-def text_width(text: str, unit: int) -> int:
-    return len(text) * (_GLYPH_W + _GLYPH_GAP) * unit
-
-
 def draw_text(plane: np.ndarray, text: str, x: int, y: int, unit: int, value: int) -> None:
     """Draw digits, ':' and '.' into a 2-D luma plane, clipped to its edges."""
     height, width = plane.shape

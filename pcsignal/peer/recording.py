@@ -32,9 +32,24 @@ def recording_path(template: str, peer_name: str, peer_id: int, when: Optional[d
     that exists), so calls never overwrite each other.
     """
     root, ext = os.path.splitext(template)
+    # The folder may be new (or removed since the start): create it.
+    os.makedirs(os.path.dirname(os.path.abspath(template)), exist_ok=True)
     when = when or datetime.datetime.now()
     base = "%s-%s-%d-%s" % (root, _safe_part(peer_name), peer_id, when.strftime("%Y%m%dT%H%M%S"))
     path, n = base + ext, 2
     while os.path.exists(path):
         path, n = "%s-%d%s" % (base, n, ext), n + 1
     return path
+
+
+def record_folder_problem(template: str) -> Optional[str]:
+    """Why the folder of ``--record`` cannot be used or created, or None."""
+    folder = os.path.dirname(os.path.abspath(template))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return "%s is not a folder" % (existing,)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "cannot %s folder %s" % ("write to" if existing == folder else "create a folder in", existing)
+    return None

@@ -8,12 +8,19 @@ client's habits.
   parked GET never holds up a message.
 - Messages go out strictly one at a time, in order: the next POST starts
   when the previous one has been answered.
-- A server that cannot be reached is retried after 2 s, then with the delay
-  doubling up to ``max_retry_delay``.
+- A server that cannot be reached is retried after ``retry_delay`` (2 s),
+  the delay doubling up to ``max_retry_delay``, each plus a random jitter
+  of up to one ``retry_delay`` (Twisted's ``backoffPolicy``), so that many
+  peers do not come back in lockstep after a server restart.  A sign-in
+  that gets no answer within SIGN_IN_TIMEOUT fails; for an ``https://`` URL
+  the server is then asked in plain HTTP, so that the log can say "it
+  speaks plain HTTP, not TLS" instead of just "no answer".
 - When the server has forgotten us (a non-200 answer on ``/wait``) or may
   have restarted (the hanging GET's connection failed), sign in again.  If
-  the new peer list still shows our old id under our name, the server did
-  not restart: that stale entry is signed out.
+  the new peer list still shows our old id under our old name, the server
+  did not restart: that stale entry is signed out.  (Only an entry with
+  both: a server handing out sequential ids may have given our old id to
+  another peer after a restart.)
 - The peer list is kept from the sign-in answer and the notifications.
 - ``stop()`` signs out.
 - ``ice_servers()`` asks pcsignal's own ``/ice-servers`` for the ICE
@@ -36,32 +43,63 @@ from __future__ import annotations
 
 import collections
 import json
+import random
 from typing import Optional
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import treq
-from treq.client import HTTPClient
 from pyee.twisted import TwistedEventEmitter
-from twisted.internet.defer import Deferred, ensureDeferred
+from treq.client import HTTPClient
+from twisted.application.internet import backoffPolicy
+from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 from pcsignal import ice, logs, protocol
 
 DEFAULT_RETRY_DELAY = 2.0
 DEFAULT_MAX_RETRY_DELAY = 10.0
+SIGN_IN_TIMEOUT = 5.0
 SIGN_OUT_TIMEOUT = 5.0
 ICE_SERVERS_TIMEOUT = 5.0
+PROBE_TIMEOUT = 2.0
+#: Largest answer read (a browser's SDP is a few kB; pcsignal's own limit on
+#: messages is 64 KiB, the reference server has none): a larger one is
+#: dropped and its connection closed, so a hostile peer cannot fill memory.
+MAX_ANSWER_BYTES = 256 * 1024
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # One connection per request: "Starting factory" lines would drown the log.
-    noisy = False
+@implementer(IStreamClientEndpoint)
+class _QuietEndpoint:
+    """Connects without the factory's "Starting factory" log lines."""
+
+    def __init__(self, endpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, factory):
+        # Every request has its own connection: those lines would drown the log.
+        factory.noisy = False
+        return self._endpoint.connect(factory)
 
 
-class _QuietConnectionPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
+@implementer(IAgentEndpointFactory)
+class _QuietEndpoints:
+    """Endpoints for http:// and https:// URLs, as Agent makes them, but quiet."""
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+        self._tls = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri):
+        endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        return _QuietEndpoint(endpoint)
 
 
 class SignalingError(Exception):
@@ -70,6 +108,10 @@ class SignalingError(Exception):
 
 class NotSignedIn(SignalingError):
     """A message could not be sent: we are not signed in."""
+
+
+class AnswerTooLarge(SignalingError):
+    """The server's answer is larger than MAX_ANSWER_BYTES: dropped."""
 
 
 class SignalingClient(TwistedEventEmitter):
@@ -92,8 +134,15 @@ class SignalingClient(TwistedEventEmitter):
         self.name = name
         self.retry_delay = retry_delay
         self.max_retry_delay = max(retry_delay, max_retry_delay)
+        self._backoff = backoffPolicy(
+            initialDelay=retry_delay,
+            maxDelay=self.max_retry_delay,
+            factor=2.0,
+            jitter=lambda: random.uniform(0, retry_delay),
+        )
         self._clock = clock if clock is not None else reactor
-        self._http = HTTPClient(Agent(reactor, pool=_QuietConnectionPool(reactor, persistent=False)))
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self._http = HTTPClient(Agent.usingEndpointFactory(reactor, _QuietEndpoints(reactor), pool=pool))
         #: Our id while signed in, else None.
         self.peer_id: Optional[int] = None
         #: Our name as the server spells it (it may clean it).
@@ -173,16 +222,20 @@ class SignalingClient(TwistedEventEmitter):
     # -- the session loop ----------------------------------------------------------
 
     async def _run_forever(self) -> None:
-        delay = self.retry_delay
+        attempt = 0
         while self._running:
             try:
                 await self._sign_in()
             except Exception as e:
                 if not self._running:
                     return  # cancelled by stop()
-                reason = _describe(e)
+                reason = await self._why_not(e)
+                if not self._running:
+                    return
+                delay = self._backoff(attempt)
+                attempt += 1
                 self.log.warn(
-                    "cannot sign in to {url}: {reason}; retrying in {delay:.0f} s",
+                    "cannot sign in to {url}: {reason}; retrying in {delay:.1f} s",
                     url=self.server_url,
                     reason=reason,
                     delay=delay,
@@ -193,9 +246,8 @@ class SignalingClient(TwistedEventEmitter):
                 self.emit("retrying", delay, reason)
                 if not await sleep:
                     return
-                delay = min(delay * 2, self.max_retry_delay)
                 continue
-            delay = self.retry_delay
+            attempt = 0
             reason = await self._wait_forever()
             if reason is None:
                 return
@@ -204,17 +256,23 @@ class SignalingClient(TwistedEventEmitter):
     async def _sign_in(self) -> None:
         old_id, old_name = self.peer_id, self.server_name
         url = "%s/sign_in?%s" % (self.server_url, quote(self.name, safe=""))
-        response, body = await self._request("GET", url, loop=True)
+        response, body = await self._request("GET", url, timeout=SIGN_IN_TIMEOUT, loop=True)
         if response.code != 200:
             raise SignalingError("sign-in answered %d" % (response.code,))
         peer_id = protocol.atoi(_pragma(response))
         entries = protocol.parse_entries(body)
         if peer_id is None or not entries or entries[0].peer_id != peer_id:
             raise SignalingError("sign-in answer without our id (Pragma %r)" % (_pragma(response),))
+        # Our own stale entry has our old id AND our old name: with sequential
+        # ids, a restarted server may have given the old id to someone else.
         stale = old_id is not None and any(e.peer_id == old_id and e.name == old_name for e in entries[1:])
         old_peers = self.peers
         self.peer_id, self.server_name = peer_id, entries[0].name
-        self.peers = {e.peer_id: e.name for e in entries[1:] if e.connected and e.peer_id != old_id}
+        self.peers = {
+            e.peer_id: e.name
+            for e in entries[1:]
+            if e.connected and not (stale and e.peer_id == old_id and e.name == old_name)
+        }
         self.log.info(
             "signed in to {url} as {name} ({id}); {count} other peer(s)",
             url=self.server_url,
@@ -242,6 +300,10 @@ class SignalingClient(TwistedEventEmitter):
             url = "%s/wait?peer_id=%d" % (self.server_url, self.peer_id)
             try:
                 response, body = await self._request("GET", url, loop=True)
+            except AnswerTooLarge as e:
+                # The server has handed it over: drop it, stay signed in.
+                self.log.warn("dropped a message: {reason}", reason=e)
+                continue
             except Exception as e:
                 if not self._running:
                     return None  # cancelled by stop()
@@ -347,17 +409,41 @@ class SignalingClient(TwistedEventEmitter):
         """One request and its whole answer; loop=True: the session loop's, which stop() cancels."""
         headers = {b"Content-Type": [b"text/plain"]} if body is not None else None
         d = self._http.request(method, url, data=body, headers=headers)
+        timer = None
         if timeout is not None:
-            d.addTimeout(timeout, self._clock)
+            # Not addTimeout: the cancelled request fails with a wrapped
+            # CancelledError, which addTimeout would not recognise.
+            timer = self._clock.callLater(timeout, d.cancel)
         if loop:
             self._pending = d
         try:
             response = await d
-            content = await treq.content(response)
+            content = await _read_body(response)
+        except Exception:
+            if timer is not None and not timer.active():
+                raise TimeoutError("no answer within %g s" % (timeout,))
+            raise
         finally:
+            if timer is not None and timer.active():
+                timer.cancel()
             if self._pending is d:
                 self._pending = None
         return response, content
+
+    async def _why_not(self, error: Exception) -> str:
+        """Why signing in failed, in words; asks in plain HTTP when TLS got no answer."""
+        if not isinstance(error, TimeoutError):
+            return _describe(error)
+        reason = "no answer within %g s" % (SIGN_IN_TIMEOUT,)
+        scheme, netloc, _, _, _ = urlsplit(self.server_url)
+        if scheme != "https":
+            return reason
+        plain = urlunsplit(("http", netloc, "/", "", ""))
+        try:
+            await self._request("GET", plain, timeout=PROBE_TIMEOUT, loop=True)
+        except Exception:
+            return reason
+        return "%s: it speaks plain HTTP, not TLS (use %s)" % (reason, plain.rstrip("/"))
 
     def _sleep(self, delay: float) -> Deferred:
         """Fires after delay with True, or with False if stopped meanwhile."""
@@ -375,6 +461,22 @@ class SignalingClient(TwistedEventEmitter):
 
     def _log_crash(self, failure) -> None:
         self.log.failure("signaling client crashed", failure)
+
+
+async def _read_body(response) -> bytes:
+    """The whole body, or AnswerTooLarge (and the connection closed) past MAX_ANSWER_BYTES."""
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > MAX_ANSWER_BYTES:
+            raise AnswerTooLarge("an answer of more than %d bytes (from peer %s)" % (MAX_ANSWER_BYTES, _pragma(response)))
+        chunks.append(data)
+
+    await treq.collect(response, collect)
+    return b"".join(chunks)
 
 
 def _pragma(response) -> str:

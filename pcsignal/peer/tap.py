@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import getpass
 import importlib
+import ipaddress
 import os
 import socket
 import sys
+from urllib.parse import urlsplit
 
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
-from pcsignal.options import non_negative_float, positive_float, positive_int
-from pcsignal.peer.recording import RECORDABLE_KINDS
+from pcsignal import __version__
+from pcsignal.options import BadValue, non_negative_float, positive_float, positive_int
+from pcsignal.peer.recording import RECORDABLE_KINDS, record_folder_problem
 
 
 #: What ``pip install 'pcsignal[peer]'`` adds to the server-only install.
@@ -73,10 +76,42 @@ def _video_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(x) for x in text.lower().split("x"))
     except ValueError:
-        raise usage.UsageError("--video-size must look like 640x480, not %r" % (text,))
+        raise BadValue("must look like 640x480, not %r" % (text,))
     if width % 2 or height % 2 or width < 64 or height < 48:
-        raise usage.UsageError("--video-size must be even and at least 64x48")
+        raise BadValue("must be even and at least 64x48, not %r" % (text,))
     return width, height
+
+
+_video_size.coerceDoc = "Even, at least 64x48."
+
+
+def _named(option: str, check):
+    """
+    ``check`` as an option's coerce function whose error names the option:
+    twisted.python.usage would print "Parameter type enforcement failed: ..."
+    without saying which option.
+    """
+
+    def coerce(text: str):
+        try:
+            return check(text)
+        except ValueError as e:
+            raise usage.UsageError("--%s %s" % (option, e))
+
+    coerce.coerceDoc = getattr(check, "coerceDoc", "")
+    return coerce
+
+
+def _server_url(text: str) -> str:
+    try:
+        url = urlsplit(text)
+        url.port  # raises ValueError if out of range or not a number
+    except ValueError as e:
+        raise BadValue("must be an http:// or https:// URL, not %r (%s)" % (text, e))
+    if url.scheme not in ("http", "https") or not url.hostname:
+        hint = " (did you mean http://%s?)" % (text,) if "://" not in text else ""
+        raise BadValue("must be an http:// or https:// URL, not %r%s" % (text, hint))
+    return text
 
 
 class Options(usage.Options):
@@ -87,6 +122,8 @@ class Options(usage.Options):
         "a file or a device, and optionally recording what it receives."
     )
 
+    # No short option may mean something else to twistd itself (-n is
+    # --nodaemon there, -s --source...): tests/test_peer_units.py compares.
     optFlags = [
         ["no-answer", None, "Refuse incoming calls (answering is the default)."],
         ["loop", None, "Loop the --play file."],
@@ -95,20 +132,26 @@ class Options(usage.Options):
          "policy relay): proves the relay works, and hides this host's addresses."],
     ]
     optParameters = [
-        ["server", "s", "http://127.0.0.1:8888", "Signaling server URL."],
-        ["name", "n", None, "Name to sign in with [default: user@host]."],
+        ["server", None, "http://127.0.0.1:8888", "Signaling server URL.", _named("server", _server_url)],
+        ["name", None, None, "Name to sign in with [default: user@host]."],
         ["call", "c", None, "Call this peer (name or id) as soon as it is listed."],
         ["play", None, None, "Send this file, URL or device (read with PyAV) instead of the test pattern."],
         ["play-format", None, None, "PyAV/FFmpeg input format for --play, e.g. v4l2, alsa, pulse."],
-        ["video-size", None, (640, 480), "Test pattern size, WIDTHxHEIGHT [default: 640x480].", _video_size],
-        ["fps", None, 30.0, "Test pattern frame rate.", positive_float],
-        ["record", None, None, "Record each call to PATH-NAME-ID-TIME.EXT (.mp4, .webm, .mkv or .wav)."],
+        ["video-size", None, "640x480", "Test pattern size, WIDTHxHEIGHT.", _named("video-size", _video_size)],
+        ["fps", None, 30.0, "Test pattern frame rate.", _named("fps", positive_float)],
+        ["record", None, None, "Record each call to PATH-NAME-ID-TIME.EXT (.mp4, .webm, .mkv or .wav); "
+         "the folder is created if missing."],
         ["ice-username", None, None, "Username for the --ice-server TURN servers."],
         ["ice-credential", None, None, "Credential for the --ice-server TURN servers."],
-        ["max-calls", None, None, "Refuse calls beyond this many at once.", positive_int],
-        ["stats-interval", None, 5.0, "Seconds between statistics log lines per call (0: none).", non_negative_float],
-        ["retry-delay", None, 2.0, "Seconds before retrying an unreachable server.", positive_float],
-        ["max-retry-delay", None, 10.0, "Cap of the doubling retry delay.", positive_float],
+        ["ice-timeout", None, 20.0, "Seconds for ICE to connect; then the call ends with one line saying "
+         "which addresses were tried.", _named("ice-timeout", positive_float)],
+        ["max-calls", None, None, "Refuse calls beyond this many at once.", _named("max-calls", positive_int)],
+        ["stats-interval", None, 5.0, "Seconds between statistics log lines per call (0: none).",
+         _named("stats-interval", non_negative_float)],
+        ["retry-delay", None, 2.0, "Seconds before retrying an unreachable server, plus up to as much "
+         "again at random.", _named("retry-delay", positive_float)],
+        ["max-retry-delay", None, 10.0, "Cap of the doubling retry delay (before the random part).",
+         _named("max-retry-delay", positive_float)],
         ["metrics", None, None, "Serve Prometheus metrics (calls, frames) at /metrics on this "
          "Twisted endpoint, e.g. tcp:9101:interface=127.0.0.1."],
         ["log-level", None, "info", "Least severe pcpeer events logged: debug (adds ICE and "
@@ -121,12 +164,21 @@ class Options(usage.Options):
         self["ice-addresses"] = []
         self["play-options"] = {}
 
+    def opt_version(self):
+        """Print the version and exit."""
+        print("pcsignal %s" % (__version__,))
+        raise SystemExit(0)
+
     def opt_ice_server(self, url):
         """STUN/TURN server URL (repeatable). Default: what the server's /ice-servers offers, per call."""
         self["ice-servers"].append(url)
 
     def opt_ice_address(self, address):
         """Offer only this local address as a host candidate (repeatable; default: all but loopback)."""
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise usage.UsageError("--ice-address must be an IP address, not %r" % (address,))
         self["ice-addresses"].append(address)
 
     def opt_play_option(self, option):
@@ -144,31 +196,35 @@ class Options(usage.Options):
             raise usage.UsageError("--log-level must be one of " + ", ".join(logs.LEVELS))
         if self["name"] is None:
             self["name"] = default_name()
-        if not self["server"].startswith(("http://", "https://")):
-            raise usage.UsageError("--server must be an http:// or https:// URL")
+        if isinstance(self["video-size"], str):  # the default, as written in --help
+            self["video-size"] = _video_size(self["video-size"])
         record = self["record"]
         if record is not None:
             ext = os.path.splitext(record)[1].lower()
             if ext not in RECORDABLE_KINDS:
                 raise usage.UsageError("--record must end in one of %s" % (", ".join(sorted(RECORDABLE_KINDS)),))
-            directory = os.path.dirname(os.path.abspath(record))
-            if not os.path.isdir(directory):
-                raise usage.UsageError("--record directory %s does not exist" % (directory,))
+            problem = record_folder_problem(record)
+            if problem:
+                raise usage.UsageError("--record %s: %s" % (record, problem))
         play = self["play"]
-        if play is not None and self["play-format"] is None and "://" not in play and not os.path.exists(play):
-            raise usage.UsageError("--play file %s does not exist" % (play,))
+        if play is not None and self["play-format"] is None and "://" not in play and not os.path.isfile(play):
+            raise usage.UsageError("--play %s: no such file" % (play,))
         if self["echo"] and play is not None:
             raise usage.UsageError("--echo and --play exclude each other")
-        try:
-            from pcsignal.peer.ice import ice_configuration
-            import ipaddress
+        from pcsignal.peer.ice import ice_configuration
 
-            for address in self["ice-addresses"]:
-                ipaddress.ip_address(address)
+        try:
             ice_configuration(self["ice-servers"], self["ice-username"], self["ice-credential"], self["relay-only"])
         except ValueError as e:
-            raise usage.UsageError(str(e))
-        self["reactor"] = install_asyncio_reactor()
+            raise usage.UsageError("--ice-server: %s" % (e,))
+        self["reactor"] = reactor = install_asyncio_reactor()
+        if self["metrics"] is not None:
+            from twisted.internet import endpoints
+
+            try:
+                endpoints.serverFromString(reactor, self["metrics"])
+            except Exception as e:  # ValueError, KeyError, TypeError...: whatever the parser says
+                raise usage.UsageError("--metrics %s is not a Twisted endpoint: %s" % (self["metrics"], e))
 
 
 class PeerService(Service):
@@ -216,6 +272,7 @@ def makeService(options):
         record=options["record"],
         echo=options["echo"],
         stats_interval=options["stats-interval"],
+        ice_timeout=options["ice-timeout"],
     )
     peer = Peer(
         options["server"],
