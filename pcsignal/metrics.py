@@ -43,6 +43,15 @@ class ServerMetrics:
             "pcsignal_requeued",
             "Items handed to a client that did not read them, put back at the head of its "
             "mailbox.", registry=r)
+        self.deliveries_settled = Counter(
+            "pcsignal_deliveries_settled",
+            "/wait answers settled as read (removed from the mailbox) or unread (requeued), "
+            "by the evidence (see the protocol docs, Delivery).",
+            ["outcome", "evidence"], registry=r)
+        self.unsettled = Gauge(
+            "pcsignal_unsettled_deliveries",
+            "/wait answers written whose connection has not yet shown whether they were read.",
+            registry=r)
         self.slow_peers_dropped = Counter(
             "pcsignal_slow_peers_dropped",
             "Peers dropped because a notification found their mailbox full.", registry=r)

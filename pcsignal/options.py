@@ -58,6 +58,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    value = _number(float, text, "a number from 0 to 1")
+    if not 0 <= value <= 1:
+        raise BadValue("must be from 0 to 1, not %r" % (text,))
+    return value
+
+
 def port_number(text: str) -> int:
     value = _number(int, text, "a port number (0 to 65535)")
     if not 0 <= value <= 65535:
@@ -103,6 +110,7 @@ def redis_url(text: str) -> str:
 positive_int.coerceDoc = positive_float.coerceDoc = "Must be positive."
 non_negative_float.coerceDoc = "Must not be negative."
 port_number.coerceDoc = "0 to 65535."
+fraction.coerceDoc = "From 0 to 1."
 
 
 class _Named:

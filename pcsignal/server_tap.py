@@ -243,9 +243,10 @@ class SignalingService(service.Service):
     """
     Owns the channel.  On stop: with a state file, hangs up the connections
     of parked waits (no answer, so the native client simply asks again, and
-    finds the next process), closes the channel, drains the connections and
-    writes the state; without one, every parked wait gets ``503 Server
-    shutting down.`` and the connections drain.
+    finds the next process), closes the channel, settles the answers still in
+    flight from what their sockets show, drains the connections and writes
+    the state; without one, every parked wait gets ``503 Server shutting
+    down.``, the answers in flight are settled and the connections drain.
     """
 
     def __init__(self, channel, site, state_file=None):
@@ -259,6 +260,7 @@ class SignalingService(service.Service):
         if self.state_file is not None:
             self.site.hang_up()
         d = defer.maybeDeferred(self.channel.close)
+        d.addCallback(lambda _: self.site.deliveries.settle_all())
         d.addCallback(lambda _: self.site.drain())
         if self.state_file is not None:
             d.addCallback(lambda _: state.save(self.state_file, self.channel))

@@ -30,6 +30,7 @@ from pcsignal.logs import clip
 from pcsignal import ice, logs, __version__, protocol
 from pcsignal.listeners import describe
 from pcsignal.ratelimit import TokenBuckets, address_key, retry_after
+from pcsignal.settle import OPEN, Deliveries, os_socket, socket_state
 from pcsignal.channel import (
     ChannelError,
     IChannel,
@@ -306,6 +307,11 @@ class SignalingHTTPChannel(HTTPChannel):
     request_timeout to send one request's head and body (slowloris), or
     send nothing at all.  Parked waits are not affected: the deadline ends
     once a request has been read.
+
+    While a /wait answer on it is unsettled (``answer``, see
+    pcsignal.settle), it reports what the client does next, and after a
+    ``Connection: close`` answer it only half-closes, so that the client's
+    FIN or reset still arrives.
     """
 
     # LineReceiver's longest line, lowered to what is left of the head's
@@ -319,6 +325,9 @@ class SignalingHTTPChannel(HTTPChannel):
     _deadline = None
     _head_bytes = None  # bytes of the request head read so far; None between requests
     _header_lines = 0
+    answer = None  # a settle.Answer written here and not yet settled
+    client_closed = False  # the client sent FIN: all it will send
+    _write_closed = False  # we sent FIN after everything written
     fresh = True  # nothing received yet
 
     def writeHeaders(self, version, code, reason, headers):
@@ -337,6 +346,8 @@ class SignalingHTTPChannel(HTTPChannel):
 
     def dataReceived(self, data):
         self.fresh = False
+        if self.answer is not None:
+            self.answer.next_request()
         if self._deadline is None and not self._handlingRequest:
             self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
         HTTPChannel.dataReceived(self, data)
@@ -390,19 +401,55 @@ class SignalingHTTPChannel(HTTPChannel):
         self.transport.writeSequence(head(code, reason, len(body), True) + [body])
         self.loseConnection()
 
-    def readConnectionLost(self):
-        # The client sent all it will (shutdown after its request): the
-        # answers already written still reach it, then the connection closes.
-        self.loseConnection()
-
-    def writeConnectionLost(self):
-        self.loseConnection()
-
     def allContentReceived(self):
         self._cancel_deadline()
         HTTPChannel.allContentReceived(self)
 
+    def loseConnection(self):
+        """
+        HTTPChannel's close after a ``Connection: close`` answer.  With an
+        answer unsettled, send FIN but keep reading (a half-close), unless
+        TLS, which has no half-close; TLS's close waits for the client's
+        close_notify.
+        """
+        if self.answer is not None and not self.isSecure():
+            self.transport.unregisterProducer()
+            self.transport.loseWriteConnection()
+        else:
+            HTTPChannel.loseConnection(self)
+
+    def readConnectionLost(self):
+        """
+        The client sent FIN: all it will send (a shutdown after its
+        request).  With an answer unsettled, that FIN is evidence to weigh
+        (settle.Answer.closed_by_client) once the whole answer has gone out;
+        otherwise the answers already written still reach the client, then
+        the connection closes.
+        """
+        self.client_closed = True
+        if self.answer is None:
+            self.loseConnection()
+        elif self._write_closed:
+            self.answer.closed_by_client()
+        else:
+            # Send the rest of the answer first; writeConnectionLost follows.
+            self.transport.loseWriteConnection()
+
+    def writeConnectionLost(self):
+        """Everything written went to the kernel, then our FIN."""
+        self._write_closed = True
+        if self.answer is None:
+            self.loseConnection()
+        elif self.client_closed:
+            self.answer.closed_by_client()
+
+    def answer_settled(self):
+        if self.client_closed or self._write_closed:
+            self.transport.loseConnection()
+
     def connectionLost(self, reason):
+        if self.answer is not None:
+            self.answer.lost(reason, self.isSecure())
         self._cancel_deadline()
         HTTPChannel.connectionLost(self, reason)
         self.site.connections.discard(self)
@@ -559,23 +606,45 @@ class Wait(Endpoint):
 
     methods = (b"GET", b"POST")
 
+    def __init__(self, channel: IChannel):
+        Endpoint.__init__(self, channel)
+        self.parked: dict[int, SignalingRequest] = {}  # by peer id
+
     def handle(self, request):
         peer_id = self.peer_id(request)
         if peer_id is None:
             return
+        if peer_id in self.parked and socket_state(os_socket(request.channel.transport)) != OPEN:
+            # Read after its client had reset or closed the connection (the
+            # bytes were in before): it must not replace the live one.
+            return
+        request.site.deliveries.new_wait(peer_id)
         d = self.channel.wait(peer_id)
         if not d.called:
+            self.parked[peer_id] = request
             # If the client leaves first, un-park without consuming an item.
             request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addCallbacks(lambda delivery: self.deliver(request, delivery, peer_id),
-                       lambda f: respond_failure(request, f))
+                       lambda f: self.refuse(request, f, peer_id))
+
+    def unpark(self, request, peer_id):
+        if self.parked.get(peer_id) is request:
+            del self.parked[peer_id]
+
+    def refuse(self, request, failure, peer_id):
+        self.unpark(request, peer_id)
+        respond_failure(request, failure)
 
     def deliver(self, request, delivery, peer_id):
-        if request.gone:
-            self.channel.requeue(peer_id)  # nobody to read it
+        self.unpark(request, peer_id)
+        deliveries = request.site.deliveries
+        if request.gone or request.channel.client_closed:
+            # It left (or said it was done) before the answer: nobody to read it.
+            deliveries.settle(peer_id, delivery.n, False, "gone")
             return
+        # In flight until the connection shows whether it was read.
+        deliveries.handed(request.channel, peer_id, delivery.n)
         respond_item(request, delivery.item, peer_id)
-        self.channel.ack(peer_id, delivery.n)
 
 
 class Message(Endpoint):
@@ -767,6 +836,9 @@ class SignalingSite(server.Site):
         self.max_connections = max_connections
         self.access_log = access_log
         self.metrics = metrics
+        self.deliveries = Deliveries(channel, self.reactor, metrics)
+        if metrics is not None:
+            metrics.unsettled.set_function(lambda: len(self.deliveries))
         self.connections: set[SignalingHTTPChannel] = set()
         self.refusals = RefusalLog(_web_log, reactor)
         self.stopping = False
@@ -796,7 +868,8 @@ class SignalingSite(server.Site):
         if not self.connections:
             return succeed(None)
         for conn in list(self.connections):
-            if not conn.requests and not conn.fresh:
+            # One with an answer unsettled closes once it is settled.
+            if not conn.requests and not conn.fresh and conn.answer is None:
                 conn.transport.loseConnection()
         self._drained = Deferred()
         timers = [self.reactor.callLater(min(fresh_grace, grace), self._close_fresh),
@@ -806,7 +879,7 @@ class SignalingSite(server.Site):
 
     def _close_fresh(self):
         for conn in list(self.connections):
-            if not conn.requests:
+            if not conn.requests and conn.answer is None:
                 conn.transport.loseConnection()
 
     def hang_up(self) -> None:

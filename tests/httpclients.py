@@ -11,6 +11,7 @@ stdlib's http.client) that sends Origin like a page on another site.
 import http.client
 import re
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -51,28 +52,59 @@ def address(url):
     return parts.hostname, parts.port
 
 
+def answer_end(data: bytes):
+    """Where the first whole answer in data ends (by its Content-Length), or None."""
+    head, sep, _ = data.partition(b"\r\n\r\n")
+    if sep:
+        length = re.search(rb"\r\nContent-Length: (\d+)", head + b"\r\n")
+        if length and len(data) >= len(head) + 4 + int(length.group(1)):
+            return len(head) + 4 + int(length.group(1))
+    return None
+
+
 def native_raw(url, request: bytes, timeout=10) -> bytes:
-    """Send raw request bytes on a new connection; read the whole answer."""
+    """
+    Send raw request bytes on a new connection; read the whole answer (by
+    its Content-Length, as the native client does) or to the end of the stream.
+    """
     sock = socket.create_connection(address(url), timeout=timeout)
     try:
         sock.sendall(request)
         data = b""
-        while True:
+        while answer_end(data) is None:
             chunk = sock.recv(65536)
             if not chunk:
-                return data
+                break
             data += chunk
-            head, sep, _ = data.partition(b"\r\n\r\n")
-            if sep and b"\r\nConnection: close" in head + b"\r\n":
-                length = re.search(rb"\r\nContent-Length: (\d+)", head)
-                if length and len(data) >= len(head) + 4 + int(length.group(1)):
-                    return data
-            elif sep:
-                length = re.search(rb"\r\nContent-Length: (\d+)", head)
-                if length and len(data) >= len(head) + 4 + int(length.group(1)):
-                    return data  # keep-alive answer complete
+        return data
     finally:
         sock.close()
+
+
+def read_answer(sock, data=b"") -> tuple[Answer, bytes]:
+    """Read one whole answer from sock; (answer, bytes after it)."""
+    while answer_end(data) is None:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed after %d bytes of an answer" % (len(data),)
+        data += chunk
+    end = answer_end(data)
+    return parse_answer(data[:end]), data[end:]
+
+
+def read_to_end(sock) -> bytes:
+    """Everything the server sends until it closes its side."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def reset(sock):
+    """Close with SO_LINGER 0: the kernel sends RST, as for a killed client."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def shut_and_read(port, data: bytes, timeout=5.0):
@@ -112,6 +144,36 @@ def parked_waits_become(url, count, timeout=5):
     deadline = time.monotonic() + timeout
     while b"pcsignal_parked_waits %d.0" % count not in native(url, "GET", "/metrics").body:
         assert time.monotonic() < deadline, "parked waits never became %d" % count
+
+
+class Peer:
+    """A signed-in peer driven by the native-style client."""
+
+    def __init__(self, url, name="peer"):
+        self.url = url
+        answer = native(url, "GET", "/sign_in?" + name)
+        assert answer.status == 200
+        self.id = answer.pragma
+        self.list = answer.body
+
+    def wait(self, timeout=10):
+        return native(self.url, "GET", "/wait?peer_id=%d" % self.id, timeout=timeout)
+
+    def send(self, to, body, content_type=b"text/plain"):
+        return native(self.url, "POST", "/message?peer_id=%d&to=%d" % (self.id, to), body,
+                      content_type)
+
+    def sign_out(self):
+        return native(self.url, "GET", "/sign_out?peer_id=%d" % self.id)
+
+    def drain_until(self, body):
+        """Read this peer's mailbox until an item with this body arrives."""
+        for _ in range(100):
+            item = self.wait()
+            assert item.status == 200
+            if item.body == body:
+                return item
+        raise AssertionError("never received %r" % body)
 
 
 class Browser:

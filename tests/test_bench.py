@@ -63,6 +63,36 @@ def test_relay_counts_every_message_and_its_latency(pcsignal_server):
     assert signed_in_peers(url) == []
 
 
+def test_relay_with_abandoned_waits_loses_nothing(pcsignal_server):
+    """A third of the waits reset 5 ms after sending: every message still
+    arrives once, in order, and the server put back what it had answered
+    to the abandoned ones."""
+    proc, url = pcsignal_server
+    code, result = run_bench(url, "relay", "--pairs", "2", "--messages", "200",
+                             "--abandon", "0.3", "--seed", "3", "--timeout", "5")
+    assert code == 0, result
+    delivery = result["delivery"]
+    assert (delivery["sent"], delivery["received"], delivery["lost"], delivery["duplicated"],
+            delivery["out_of_order"]) == (200, 200, 0, 0, 0)
+    assert delivery["abandoned_waits"] > 20
+    assert sorted(delivery["per_receiver"][name]["received"]
+                  for name in delivery["per_receiver"]) == [50, 50, 50, 50]
+    assert result["abandon"] == {"fraction": 0.3, "after_seconds": 0.005}
+    metrics = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    requeued = re.search(r"^pcsignal_requeued_total (\S+)$", metrics, re.M)
+    assert float(requeued.group(1)) > 0
+    assert signed_in_peers(url) == []
+
+
+def test_delivery_check_counts_lost_duplicated_and_out_of_order():
+    assert bench.delivery_check([0, 2, 4, 6], [0, 4, 2, 4, 6]) == {
+        "sent": 4, "received": 4, "lost": 0, "duplicated": 1, "out_of_order": 1,
+    }
+    assert bench.delivery_check([1, 3, 5], [1, 5]) == {
+        "sent": 3, "received": 2, "lost": 1, "duplicated": 0, "out_of_order": 0,
+    }
+
+
 @pytest.mark.parametrize("processes", [1, 3])
 def test_storm_every_peer_learns_every_other(pcsignal_server, processes):
     proc, url = pcsignal_server
@@ -215,6 +245,8 @@ def test_command_line_takes_options_after_the_scenario():
         bench.build_parser().parse_args(["http://127.0.0.1:1", "relay", "--seconds", "1", "--messages", "5"])
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["http://127.0.0.1:1", "storm", "--peers", "0"])
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["http://127.0.0.1:1", "relay", "--abandon", "1.5"])
 
 
 # -- pcpeer-bench ---------------------------------------------------------------

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import LISTENING, TwistdProcess, start_pcsignal
-from httpclients import Browser, native, parked_waits_become
+from httpclients import Browser, Peer, native, parked_waits_become, read_to_end
 
 MAX_BODY = 1024
 MAX_QUEUE = 4
@@ -41,36 +41,6 @@ def server():
 @pytest.fixture
 def url(server):
     return server[1]
-
-
-class Peer:
-    """A signed-in peer driven by the native-style client."""
-
-    def __init__(self, url, name="peer"):
-        self.url = url
-        answer = native(url, "GET", "/sign_in?" + name)
-        assert answer.status == 200
-        self.id = answer.pragma
-        self.list = answer.body
-
-    def wait(self, timeout=10):
-        return native(self.url, "GET", "/wait?peer_id=%d" % self.id, timeout=timeout)
-
-    def send(self, to, body, content_type=b"text/plain"):
-        return native(self.url, "POST", "/message?peer_id=%d&to=%d" % (self.id, to), body,
-                      content_type)
-
-    def sign_out(self):
-        return native(self.url, "GET", "/sign_out?peer_id=%d" % self.id)
-
-    def drain_until(self, body):
-        """Read this peer's mailbox until an item with this body arrives."""
-        for _ in range(100):
-            item = self.wait()
-            assert item.status == 200
-            if item.body == body:
-                return item
-        raise AssertionError("never received %r" % body)
 
 
 @pytest.fixture
@@ -181,12 +151,7 @@ def test_huge_announced_body_is_not_buffered(server, pair):
     chunk = b"y" * 65536
     for _ in range(size // len(chunk)):
         sock.sendall(chunk)
-    data = b""
-    while True:
-        more = sock.recv(65536)
-        if not more:
-            break
-        data += more
+    data = read_to_end(sock)
     sock.close()
     assert data.startswith(b"HTTP/1.1 413 ")
     assert proc.stats.rss_bytes() < 200 * 1024 * 1024

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import socket
+import struct
 import time
 from typing import Callable, Iterable, Optional
 
@@ -68,6 +71,10 @@ def sent_at(body: bytes) -> float:
     return json.loads(body)["sent"]
 
 
+def message_seq(body: bytes) -> int:
+    return json.loads(body)["seq"]
+
+
 def _ignore(*args) -> None:
     pass
 
@@ -92,7 +99,17 @@ class BenchPeer:
     monotonic time the answer was read.  A non-200 answer to /wait means
     the server dropped the peer: it stops waiting and ``on_lost(peer,
     reason)`` is called.
+
+    With ``abandon`` > 0, that fraction of its waits are abandoned, as by a
+    client killed mid-wait: sent on a connection of their own, which is
+    reset (``SO_LINGER`` 0) ``abandon_after`` seconds later without reading
+    anything; then the next ``/wait`` goes out as usual.
     """
+
+    abandon = 0.0
+    abandon_after = 0.005
+    abandoned = 0  # waits abandoned so far
+    chance: random.Random = random.Random()
 
     def __init__(self, session: aiohttp.ClientSession, base: str, name: str):
         self.session = session
@@ -148,6 +165,13 @@ class BenchPeer:
 
     async def _wait_forever(self) -> None:
         while True:
+            if self.abandon and self.chance.random() < self.abandon:
+                try:
+                    await self._abandon_one_wait()
+                except OSError as e:
+                    self._lose("abandoned /wait failed: %s" % (describe(e),))
+                    return
+                continue
             try:
                 async with self.session.get(self._wait_url, timeout=WAIT_TIMEOUT) as response:
                     body = await response.read()
@@ -172,6 +196,23 @@ class BenchPeer:
             else:
                 self._lose("/wait answer without a Pragma id")
                 return
+
+    async def _abandon_one_wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        url = self._wait_url
+        family, kind, proto, _, address = (
+            await loop.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM))[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+            await loop.sock_sendall(sock, b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (
+                url.raw_path_qs.encode("ascii"), url.raw_authority.encode("ascii")))
+            await asyncio.sleep(self.abandon_after)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        finally:
+            sock.close()  # with SO_LINGER 0: a reset, whatever the server sent
+        self.abandoned += 1
 
     def _lose(self, reason: str) -> None:
         self.lost = reason

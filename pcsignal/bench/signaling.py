@@ -8,7 +8,9 @@ server's framework.  Every simulated peer behaves like a real client (see
 pcsignal.bench.peers).  Three scenarios:
 
 - ``relay``: P pairs ping-pong messages; relayed messages/s and one-way
-  latency (POST sent -> receiver's /wait answered).
+  latency (POST sent -> receiver's /wait answered); per receiver, every
+  message received once and in order, also when a fraction of the waits
+  are abandoned (``--abandon``).
 - ``storm``: N peers sign in one after another, each parking its /wait at
   once, until every peer knows every other; seconds and notification
   pushes/s, errors, peers the server timed out or forgot.
@@ -44,6 +46,7 @@ from pcsignal.bench.peers import (
     SignalingError,
     describe,
     message_body,
+    message_seq,
     new_session,
     sent_at,
 )
@@ -51,7 +54,7 @@ from pcsignal.bench.percentiles import percentile
 from pcsignal.bench.processes import ProcessStats
 from pcsignal.bench.workers import WorkerPool, own_cpu_seconds
 from pcsignal.fds import raise_open_files_limit as raise_fd_limit  # one socket per peer
-from pcsignal.options import positive_float, positive_int
+from pcsignal.options import fraction, positive_float, positive_int
 
 
 # -- measurements ----------------------------------------------------------------
@@ -68,6 +71,32 @@ def latency_summary(seconds: list[float]) -> dict:
         "p50_ms": ms(percentile(seconds, 0.50)),
         "p99_ms": ms(percentile(seconds, 0.99)),
         "max_ms": ms(max(seconds) if seconds else None),
+    }
+
+
+def delivery_check(sent: list[int], received: list[int]) -> dict:
+    """
+    What one receiver got, against what was sent to it (sequence numbers,
+    each list in its order): received (distinct), lost, duplicated (extra
+    copies), out of order (arrived after a later one).
+    """
+    seen: set[int] = set()
+    duplicated = out_of_order = 0
+    latest = None
+    for seq in received:
+        if seq in seen:
+            duplicated += 1
+            continue
+        seen.add(seq)
+        if latest is not None and seq < latest:
+            out_of_order += 1
+        latest = seq if latest is None else max(latest, seq)
+    return {
+        "sent": len(sent),
+        "received": len(seen),
+        "lost": len(set(sent) - seen),
+        "duplicated": duplicated,
+        "out_of_order": out_of_order,
     }
 
 
@@ -93,8 +122,17 @@ async def relay(
     size: int,
     timeout: float = 30.0,
     server: Optional[ProcessStats] = None,
+    abandon: float = 0.0,
+    abandon_after: float = 0.005,
+    seed: Optional[int] = None,
 ) -> dict:
-    """P pairs ping-pong one message at a time each, for seconds or messages."""
+    """
+    P pairs ping-pong one message at a time each, for seconds or messages.
+    Each receiver's messages are checked at the end: every one received,
+    once, in order.  With ``abandon``, that fraction of the waits are
+    abandoned (see BenchPeer).
+    """
+    loop = asyncio.get_running_loop()
     async with new_session() as session:
         crowd = Crowd(session, url, _prefix("relay"))
         peers = crowd.add_many(2 * pairs)
@@ -104,14 +142,36 @@ async def relay(
         errors = list(crowd.errors)
         if not settled:
             errors.append("peers did not learn about each other before the volleys")
-        inboxes: dict[int, asyncio.Queue] = {}
+        chance = random.Random(seed)
+        sent: dict[int, list[int]] = {}  # by receiver id: sequence numbers sent to it
+        received: dict[int, list[int]] = {}  # by receiver id: as they arrived
+        distinct: dict[int, set[int]] = {}  # by receiver id
+        arrivals: dict[tuple[int, int], asyncio.Future] = {}  # (receiver, seq) awaited
+        outstanding = 0  # sent, not yet received
+        all_in = asyncio.Event()
 
-        def deliver(peer, sender_id, body, received):
-            inboxes[peer.peer_id].put_nowait((sender_id, body, received))
+        def deliver(peer, sender_id, body, received_at):
+            nonlocal outstanding
+            seq = message_seq(body)
+            received[peer.peer_id].append(seq)
+            if seq not in distinct[peer.peer_id]:
+                distinct[peer.peer_id].add(seq)
+                outstanding -= 1
+                if not outstanding:
+                    all_in.set()
+            arrived = arrivals.pop((peer.peer_id, seq), None)
+            if arrived is not None and not arrived.done():
+                arrived.set_result((sender_id, received_at))
 
         for peer in peers:
             peer.on_message = deliver
-            inboxes[peer.peer_id] = asyncio.Queue()
+            peer.chance = chance
+            sent[peer.peer_id] = []
+            received[peer.peer_id] = []
+            distinct[peer.peer_id] = set()
+        # Abandoning starts with the volleys: the crowd has parked its waits.
+        for peer in peers:
+            peer.abandon, peer.abandon_after = abandon, abandon_after
 
         def acked(post: asyncio.Future) -> None:
             if not post.cancelled() and post.exception() is not None:
@@ -120,32 +180,42 @@ async def relay(
         posts: set[asyncio.Future] = set()
 
         async def volley(a: BenchPeer, b: BenchPeer, stop_at: float, budget: Optional[int]):
+            nonlocal outstanding
             sender, receiver = a, b
             seq = 0
+            missed = 0
             while time.monotonic() < stop_at and (budget is None or seq < budget):
                 # The answer goes back as soon as the message arrives, even
                 # if the POST's own 200 is still on its way.
-                post = asyncio.ensure_future(sender.send(receiver.peer_id, message_body(seq, size)))
+                arrived = arrivals[receiver.peer_id, seq] = loop.create_future()
+                sent[receiver.peer_id].append(seq)
+                outstanding += 1
+                all_in.clear()
+                body = message_body(seq, size)
+                post = asyncio.ensure_future(sender.send(receiver.peer_id, body))
                 post.add_done_callback(acked)
                 posts.add(post)
                 post.add_done_callback(posts.discard)
                 try:
-                    from_id, body, received = await asyncio.wait_for(
-                        inboxes[receiver.peer_id].get(), timeout
-                    )
+                    from_id, received_at = await asyncio.wait_for(arrived, timeout)
                 except asyncio.TimeoutError:
+                    arrivals.pop((receiver.peer_id, seq), None)
                     errors.append(
                         "%s -> %s: message %d not delivered within %ss"
                         % (sender.name, receiver.name, seq, timeout)
                     )
-                    return
-                if from_id != sender.peer_id:
-                    errors.append(
-                        "%s got a message from %d, expected %d"
-                        % (receiver.name, from_id, sender.peer_id)
-                    )
-                    return
-                latencies.append(received - sent_at(body))
+                    missed += 1
+                    if missed == 3:
+                        return  # the server stopped delivering
+                else:
+                    missed = 0
+                    if from_id != sender.peer_id:
+                        errors.append(
+                            "%s got a message from %d, expected %d"
+                            % (receiver.name, from_id, sender.peer_id)
+                        )
+                        return
+                    latencies.append(received_at - sent_at(body))
                 seq += 1
                 sender, receiver = receiver, sender
 
@@ -166,8 +236,25 @@ async def relay(
         server_cpu = server.cpu_seconds() - server_cpu if server else None
         if posts:
             await asyncio.wait(posts, timeout=timeout)
+        if outstanding:
+            # Late ones still count as received (out of order, if they are).
+            try:
+                await asyncio.wait_for(all_in.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        abandoned = sum(peer.abandoned for peer in peers)
         lost = list(crowd.lost)
         errors.extend(await crowd.sign_out_all())
+    checks = {peer.name: delivery_check(sent[peer.peer_id], received[peer.peer_id])
+              for peer in peers if peer.peer_id is not None}
+    delivery = {key: sum(check[key] for check in checks.values())
+                for key in ("sent", "received", "lost", "duplicated", "out_of_order")}
+    for name, check in checks.items():
+        if check["lost"] or check["duplicated"] or check["out_of_order"]:
+            errors.append("%s: %d lost, %d duplicated, %d out of order" % (
+                name, check["lost"], check["duplicated"], check["out_of_order"]))
+    delivery["per_receiver"] = checks
+    delivery["abandoned_waits"] = abandoned
     result = {
         "scenario": "relay",
         "url": url,
@@ -177,10 +264,13 @@ async def relay(
         "messages": len(latencies),
         "messages_per_second": round(len(latencies) / elapsed, 1) if elapsed > 0 else 0.0,
         "latency": latency_summary(latencies),
+        "delivery": delivery,
         "errors": len(errors) + len(lost),
-        "error_samples": (errors + lost)[:10],
+        "error_samples": (lost + errors)[:10],  # a lost peer explains its missing messages
         "client_cpu_seconds": round(client_cpu, 2),
     }
+    if abandon:
+        result["abandon"] = {"fraction": abandon, "after_seconds": abandon_after}
     if server is not None:
         result["server_cpu_seconds"] = round(server_cpu, 2)
         result["server_rss_mib"] = server.rss_mib()
@@ -376,6 +466,14 @@ def summary(result: dict) -> str:
             % (result["pairs"], result["messages"], result["seconds"], result["messages_per_second"])
         )
         lines.append(_latency_line("one-way latency", latency))
+        if "delivery" in result:
+            delivery = result["delivery"]
+            lines.append(
+                "delivery: %d sent, %d received, %d lost, %d duplicated, %d out of order; "
+                "%d waits abandoned"
+                % (delivery["sent"], delivery["received"], delivery["lost"],
+                   delivery["duplicated"], delivery["out_of_order"], delivery["abandoned_waits"])
+            )
     elif scenario == "storm":
         lines.append(
             "storm: %d peers, %s in %.2fs (sign-ins took %.2fs), %d pushes = %.1f pushes/s"
@@ -482,7 +580,19 @@ def build_parser() -> argparse.ArgumentParser:
     how_long.add_argument("--seconds", type=positive_float, default=10.0, help="run this long (default 10)")
     how_long.add_argument("--messages", type=positive_int, help="relay this many messages in all, then stop")
     relay_parser.add_argument("--size", type=positive_int, default=200, help="message bytes (default 200, an ICE candidate's size)")
-    relay_parser.add_argument("--timeout", type=positive_float, default=30.0, help="give up on a message after this many seconds (default 30)")
+    relay_parser.add_argument("--timeout", type=positive_float, default=30.0, help="give up waiting for a message after this many seconds (default 30); a pair stops after three in a row")
+    relay_parser.add_argument(
+        "--abandon",
+        type=fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="abandon this fraction of the waits (0..1, default 0), as clients killed mid-wait "
+        "do: each on its own connection, reset after --abandon-after without reading the "
+        "answer, then the next /wait goes out. Whatever the server does, every message must "
+        "still arrive once and in order",
+    )
+    relay_parser.add_argument("--abandon-after", type=positive_float, default=0.005, metavar="SECONDS", help="seconds from sending an abandoned /wait to resetting its connection (default 0.005)")
+    relay_parser.add_argument("--seed", type=int, help="random seed for choosing the waits to abandon")
 
     storm_parser = scenarios.add_parser(
         "storm",
@@ -546,7 +656,8 @@ async def run(args: argparse.Namespace, loop: str) -> dict:
         return await hostile.run(args, server)
     if args.scenario == "relay":
         return await relay(
-            args.url, args.pairs, args.seconds, args.messages, args.size, args.timeout, server
+            args.url, args.pairs, args.seconds, args.messages, args.size, args.timeout, server,
+            args.abandon, args.abandon_after, args.seed,
         )
     if args.scenario == "storm":
         return await storm(
