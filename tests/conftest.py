@@ -101,3 +101,13 @@ def loopback_ice():
     restrict_host_addresses(["127.0.0.1"])
     yield
     restrict_host_addresses(None)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One redis-server for the session; tests keep apart by key prefix."""
+    from redis_support import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

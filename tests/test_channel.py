@@ -9,6 +9,7 @@ a server).  Tests await every result, so the same tests hold for channels
 whose answers take time.
 """
 
+import secrets
 from dataclasses import replace
 
 import pytest
@@ -21,6 +22,8 @@ from pcsignal.channel import (
     UnknownPeer, WaitReplaced, notification, random_ids, sequential_ids,
 )
 from pcsignal.channel.memory import MemoryChannel
+from pcsignal.channel.redis import RedisChannel
+from pcsignal.channel.redis_link import parse_redis_url
 
 LIMITS = Limits(peer_timeout=30, max_peers=5, max_queue=3, max_queued_bytes=1000)
 
@@ -42,12 +45,46 @@ class MemoryHarness:
         pass
 
 
-HARNESSES = {"memory": MemoryHarness}
+class RedisHarness:
+    """RedisChannels on the session's redis-server, each under its own prefix."""
+
+    def __init__(self, redis_server):
+        self.clock = Clock()
+        self.url = redis_server.url
+        self.channels = []
+
+    def make(self, limits=LIMITS, new_id=None):
+        channel = RedisChannel(self.clock, parse_redis_url(self.url), limits, new_id=new_id,
+                               sequential=new_id is None,
+                               prefix="test:%s:" % secrets.token_hex(4))
+        self.channels.append(channel)
+        return channel
+
+    async def settle(self, channel):
+        # A round trip through Redis and back over pub/sub, until nothing
+        # asked of Redis is still unanswered.
+        while True:
+            await channel.sync()
+            if not channel.link.busy:
+                return
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+
+    async def close(self):
+        for channel in self.channels:
+            await channel.close()
+
+
+HARNESSES = {"memory": MemoryHarness, "redis": RedisHarness}
 
 
 @pytest_twisted.async_yield_fixture(params=sorted(HARNESSES))
 async def harness(request):
-    h = HARNESSES[request.param]()
+    if request.param == "redis":
+        h = RedisHarness(request.getfixturevalue("redis_server"))
+    else:
+        h = HARNESSES[request.param]()
     yield h
     await h.close()
 
