@@ -171,9 +171,20 @@ class RedisChannel:
         self.link = RedisLink(address, [self._channel], reactor, self._on_message,
                               self._on_link, command_timeout)
         self.link.scripts.update(_loaded(load_scripts()))
-        self._reactor = reactor
+        self._give_up_starting = None
+        # Not before the reactor runs: twistd may still fork to daemonize.
+        reactor.callWhenRunning(self._start)
+
+    def _start(self):
+        if self._closed:
+            return
         self.link.start()
-        self._give_up_starting = reactor.callLater(command_timeout, self._not_started)
+        self._give_up_starting = self.link.reactor.callLater(
+            self.link.command_timeout, self._not_started)
+
+    def _stop_starting(self):
+        if self._give_up_starting is not None and self._give_up_starting.active():
+            self._give_up_starting.cancel()
 
     @property
     def problem(self) -> Optional[str]:
@@ -290,8 +301,9 @@ class RedisChannel:
     def close(self) -> Deferred:
         self._closed = True
         self._stop_ticking()
-        if self._give_up_starting.active():
-            self._give_up_starting.cancel()
+        self._stop_starting()
+        if not self._started:
+            self._not_started()  # requests held for the first connection: refused now
         for peer_id in list(self._parked):
             self._unpark(peer_id).errback(ShuttingDown())
         d = self._run("retire") if self.ready else succeed(None)
@@ -492,8 +504,7 @@ class RedisChannel:
             else:
                 self._deliver(peer_id, waiter.serial, answer)
         if not self._started:
-            if self._give_up_starting.active():
-                self._give_up_starting.cancel()
+            self._stop_starting()
             self._not_started()
         self._schedule_tick(0)
 
