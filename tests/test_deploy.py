@@ -46,7 +46,8 @@ from deploy_support import (
     unit_settings,
 )
 
-UNITS = ["pcsignal.socket", "pcsignal.service", "pcpeer@.service"]
+UNITS = ["pcsignal.socket", "pcsignal.service", "pcpeer@.service", "pcsignal@.socket",
+         "pcsignal@.service"]
 SERVICE = os.path.join(ETC, "pcsignal.service")
 SOCKET = os.path.join(ETC, "pcsignal.socket")
 LOOPBACK = os.path.join(ETC, "pcsignal.socket.d", "loopback.conf")
@@ -74,6 +75,8 @@ def test_systemd_analyze_verify_accepts_units(unit_dir):
         os.path.join(unit_dir, "pcsignal.service"),
         # A template is verified through an instance.
         os.path.join(unit_dir, "pcpeer@example.service"),
+        os.path.join(unit_dir, "pcsignal@1.socket"),
+        os.path.join(unit_dir, "pcsignal@1.service"),
     ]
     result = run([analyze, "verify", *paths])
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
@@ -100,7 +103,8 @@ def exposure(unit_dir, unit):
     return float(m.group(1))
 
 
-@pytest.mark.parametrize("unit", ["pcsignal.service", "pcpeer@example.service"])
+@pytest.mark.parametrize("unit", [
+    "pcsignal.service", "pcpeer@example.service", "pcsignal@1.service"])
 def test_services_are_hardened(unit_dir, unit):
     """systemd-analyze security: exposure 2.0 or lower (0 safest, 10 worst)."""
     assert exposure(unit_dir, unit) <= MAX_EXPOSURE
@@ -121,6 +125,19 @@ def test_socket_and_service_agree():
     # The loopback.conf drop-in resets the address list to one IPv6 address.
     assert [v for k, v in unit_settings(LOOPBACK) if k == "ListenStream"] == ["", "[::1]:8888"]
     assert "pcsignal.socket" in unit_setting(SERVICE, "Requires").split()
+
+
+def test_instance_templates_share_one_port():
+    """pcsignal@N.socket: the same port for every instance, SO_REUSEPORT, the
+    name the service adopts; the service runs what pcsignal.service runs."""
+    socket_t = os.path.join(ETC, "pcsignal@.socket")
+    service_t = os.path.join(ETC, "pcsignal@.service")
+    assert unit_setting(socket_t, "ReusePort") == "yes"
+    assert unit_setting(socket_t, "ListenStream") == unit_setting(SOCKET, "ListenStream")
+    assert unit_setting(socket_t, "FileDescriptorName") == "pcsignal"
+    assert "pcsignal@%i.socket" in unit_setting(service_t, "Requires").split()
+    assert unit_setting(service_t, "ExecStart").startswith(
+        unit_setting(SERVICE, "ExecStart").split(" $PCSIGNAL_TLS")[0])
 
 
 def installed_config(directory):
