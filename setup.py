@@ -47,7 +47,7 @@ setup(
         "pyOpenSSL>=21.0.0",
         "zope.interface>=5.0",
         "prometheus-client>=0.20.0",
-        "txredisapi>=1.4.10",
+        "txredisapi>=1.6.0",
     ],
     extras_require={
         "peer": PEER,

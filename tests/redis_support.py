@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 
 from conftest import LoggedProcess
 
@@ -78,8 +79,7 @@ class Haproxy:
     def __init__(self, directory, ports):
         self.port = free_port()
         config = open(os.path.join(ROOT, "etc", "haproxy", "haproxy.cfg")).read()
-        config = config.replace("bind :8888", "bind 127.0.0.1:%d" % self.port)
-        config = config.replace("bind :::8888", "")
+        config = config.replace("bind :::8888 v4v6", "bind 127.0.0.1:%d" % self.port)
         servers = "".join(
             "    server pcsignal%d 127.0.0.1:%d check\n" % (i, port)
             for i, port in enumerate(ports, 1))
@@ -89,7 +89,7 @@ class Haproxy:
         # Tests run as root without a chroot jail or a daemon user to drop to.
         config = "\n".join(l for l in config.split("\n")
                            if not l.strip().startswith(("chroot", "user ", "group ", "daemon",
-                                                        "log ", "stats socket")))
+                                                        "log ", "stats socket", "maxconn")))
         self.config = os.path.join(str(directory), "haproxy.cfg")
         with open(self.config, "w") as f:
             f.write(config)
@@ -104,7 +104,16 @@ class Haproxy:
                                text=True, timeout=30)
         assert check.returncode == 0, check.stdout + check.stderr
         self.process = LoggedProcess(["haproxy", "-db", "-f", self.config])
-        return self
+        # HAProxy logs nothing when it listens: try until it accepts.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except ConnectionRefusedError:
+                assert self.process.proc.poll() is None, self.process.output()
+                assert time.monotonic() < deadline, "HAProxy never listened"
+                time.sleep(0.01)
 
     def stop(self):
         if self.process is not None:

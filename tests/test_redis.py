@@ -1,0 +1,277 @@
+"""
+Several ``twistd pcsignal --redis`` processes on one real redis-server, and
+HAProxy in front of them: presence and ordered delivery across instances,
+``kill -9`` of an instance, a restart of every instance, Redis stopped and
+started under a parked wait, a password-protected Redis, a unix socket, and
+the Redis round trips a relayed message costs.
+"""
+
+import re
+import secrets
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import LISTENING, REDIS_UP, TwistdProcess
+from httpclients import native
+from redis_support import Haproxy, RedisServer, free_port
+
+UNAVAILABLE = b"Service unavailable: the signaling store cannot be reached; try again shortly."
+
+
+class Instance:
+    """One ``twistd pcsignal --redis`` on a fixed loopback port (kept across restarts)."""
+
+    def __init__(self, redis_url, prefix, *args, port=None):
+        self.port = port or free_port()
+        self.argv = ["--listen", "tcp:%d:interface=127.0.0.1" % self.port,
+                     "--redis", redis_url, "--redis-prefix", prefix, *args]
+        self.process = None
+        self.processes = []
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % (self.port,)
+
+    def start(self):
+        self.process = TwistdProcess("pcsignal", self.argv)
+        self.processes.append(self.process)
+        self.process.wait_for_log(LISTENING)
+        self.process.wait_for_log(REDIS_UP)
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        self.process.stop(sig)
+
+    def kill(self):
+        for p in self.processes:
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait()
+
+    def output(self):
+        return "\n".join(p.output() for p in self.processes)
+
+
+@pytest.fixture
+def instances():
+    started = []
+
+    def start(*args, **kwargs):
+        instance = Instance(*args, **kwargs).start()
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        instance.kill()
+    for instance in started:
+        assert "Traceback" not in instance.output(), instance.output()
+
+
+def sign_in(url, name):
+    answer = native(url, "GET", "/sign_in?" + name)
+    assert answer.status == 200, answer.body
+    return answer.pragma, answer.body
+
+
+def wait(url, peer, timeout=10):
+    return native(url, "GET", "/wait?peer_id=%d" % peer, timeout=timeout)
+
+
+def send(url, sender, to, body):
+    return native(url, "POST", "/message?peer_id=%d&to=%d" % (sender, to), body)
+
+
+def parked(url, count, timeout=10):
+    deadline = time.monotonic() + timeout
+    while b"pcsignal_parked_waits %d.0" % count not in native(url, "GET", "/metrics").body:
+        assert time.monotonic() < deadline, "parked waits never became %d" % count
+
+
+def test_two_instances_behind_haproxy_survive_kill_and_restart(redis_server, instances,
+                                                               tmp_path):
+    prefix = "test:%s:" % secrets.token_hex(4)
+    x = instances(redis_server.url, prefix)
+    y = instances(redis_server.url, prefix)
+    balancer = Haproxy(tmp_path, [x.port, y.port]).start()
+    try:
+        lb = balancer.url
+        # Presence across instances: sign-ins alternate between x and y.
+        alice, _ = sign_in(x.url, "alice")
+        bob, listing = sign_in(y.url, "bob")
+        assert listing == b"bob,%d,1\nalice,%d,1\n" % (bob, alice)
+        assert wait(lb, alice).body == b"bob,%d,1\n" % bob
+        # Ordered delivery across instances, every request through the balancer.
+        for i in range(10):
+            assert send(lb, alice, bob, b"m%d" % i).status == 200
+        assert [wait(lb, bob).body for _ in range(10)] == [b"m%d" % i for i in range(10)]
+
+        # Bob's wait is parked on x when x dies.
+        parked_on_x = {}
+        t = threading.Thread(target=lambda: parked_on_x.setdefault(
+            "answer", _answer_or_error(x.url, bob)))
+        t.start()
+        parked(x.url, 1)
+        x.kill()
+        t.join(10)
+        assert "error" in parked_on_x["answer"]
+        # 100 messages while x is dead: none lost, in order, bob keeps his id.
+        for i in range(100):
+            assert send(lb, alice, bob, b"k%d" % i).status == 200
+        assert [wait(lb, bob).body for _ in range(100)] == [b"k%d" % i for i in range(100)]
+
+        # Every instance restarted: peers within the peer timeout stay signed in.
+        y.stop()
+        x.start()
+        y.start()
+        assert send(lb, bob, alice, b"after restart").status == 200
+        assert wait(lb, alice).body == b"after restart"
+        assert send(lb, alice, bob, b"and back").status == 200
+        assert wait(lb, bob).body == b"and back"
+        carol, listing = sign_in(lb, "carol")
+        assert set(listing.split(b"\n")[1:-1]) == {b"alice,%d,1" % alice, b"bob,%d,1" % bob}
+    finally:
+        balancer.stop()
+
+
+def _answer_or_error(url, peer):
+    try:
+        return {"answer": wait(url, peer, timeout=30)}
+    except (OSError, AssertionError) as e:  # reset, or closed with no answer
+        return {"error": e}
+
+
+def test_redis_stopped_and_started_under_a_parked_wait(instances, tmp_path):
+    """With a password, so a restart also proves AUTH is sent again."""
+    redis = RedisServer(tmp_path, password="s3cret").start()
+    try:
+        x = instances(redis.url, "pcsignal:")
+        alice, _ = sign_in(x.url, "alice")
+        bob, _ = sign_in(x.url, "bob")
+        carol, _ = sign_in(x.url, "carol")
+        assert [wait(x.url, alice).body for _ in range(2)] == [
+            b"bob,%d,1\n" % bob, b"carol,%d,1\n" % carol]
+        assert wait(x.url, bob).body == b"carol,%d,1\n" % carol
+        for i in range(3):
+            assert send(x.url, alice, carol, b"q%d" % i).status == 200
+        got = {}
+        t = threading.Thread(target=lambda: got.setdefault("item", wait(x.url, bob, 60)))
+        t.start()
+        parked(x.url, 1)
+
+        redis.stop()
+        x.process.wait_for_log(r"Redis link down")
+        refused = native(x.url, "GET", "/sign_in?dave")
+        assert (refused.status, refused.body) == (503, UNAVAILABLE)
+        refused = send(x.url, alice, bob, b"lost?")
+        assert (refused.status, refused.body) == (503, UNAVAILABLE)
+        health = native(x.url, "GET", "/healthz")
+        assert health.status == 503 and health.body.startswith(b"unavailable: Redis")
+
+        mark = len(x.process.lines)
+        started = time.monotonic()
+        redis.start()
+        x.process.wait_for_log(REDIS_UP, after=mark)
+        recovered = time.monotonic() - started
+        assert native(x.url, "GET", "/healthz").status == 200
+        # The wait parked before the outage is still parked, and served.
+        assert send(x.url, alice, bob, b"after the outage").status == 200
+        t.join(10)
+        assert got["item"].body == b"after the outage"
+        # Queued messages survived Redis's restart, once each, in order.
+        assert [wait(x.url, carol).body for _ in range(3)] == [b"q0", b"q1", b"q2"]
+        parked_carol = {}
+        t = threading.Thread(target=lambda: parked_carol.setdefault("item", wait(x.url, carol)))
+        t.start()
+        parked(x.url, 1)  # nothing more, no duplicate
+        assert send(x.url, alice, carol, b"last").status == 200
+        t.join(10)
+        assert parked_carol["item"].body == b"last"
+        output = x.process.output()
+        assert len(re.findall(r"Redis link down", output)) == 1
+        assert len(re.findall(REDIS_UP, output)) == 2
+        assert recovered < 5, recovered
+    finally:
+        redis.stop()
+
+
+def test_refused_auth_is_retried_until_accepted(instances, tmp_path):
+    """txredisapi's own factory stops for good after a failed AUTH; pcsignal retries."""
+    redis = RedisServer(tmp_path, password="first").start()
+    try:
+        x = instances(redis.url, "pcsignal:")
+        alice, _ = sign_in(x.url, "alice")
+        redis.cli("CONFIG", "SET", "requirepass", "second")
+        redis.password = "second"
+        redis.cli("CLIENT", "KILL", "TYPE", "normal")
+        redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+        x.process.wait_for_log(r"Redis link down")
+        assert native(x.url, "GET", "/healthz").status == 503
+        mark = len(x.process.lines)
+        redis.cli("CONFIG", "SET", "requirepass", "first")
+        redis.password = "first"
+        x.process.wait_for_log(REDIS_UP, after=mark)
+        assert native(x.url, "GET", "/sign_out?peer_id=%d" % alice).status == 200, \
+            x.process.output()
+    finally:
+        redis.stop()
+
+
+def test_unix_socket(instances, tmp_path):
+    redis = RedisServer(tmp_path, unix=True).start()
+    try:
+        x = instances(redis.socket, "pcsignal:")
+        y = instances("unix://" + redis.socket + "?db=0", "pcsignal:")
+        alice, _ = sign_in(x.url, "alice")
+        bob, listing = sign_in(y.url, "bob")
+        assert listing == b"bob,%d,1\nalice,%d,1\n" % (bob, alice)
+        assert send(y.url, bob, alice, b"hi").status == 200
+        assert wait(x.url, alice).body == b"bob,%d,1\n" % bob
+        assert wait(x.url, alice).body == b"hi"
+    finally:
+        redis.stop()
+
+
+def test_a_relayed_message_costs_three_scripts(redis_server, instances):
+    """
+    Per relayed message: the POST's script (queue it and hand it to the
+    parked wait, publishing it to that wait's instance), the ack after the
+    answer is written, and the next /wait's script (park again).  Counted
+    by Redis itself.
+    """
+    prefix = "test:%s:" % secrets.token_hex(4)
+    x = instances(redis_server.url, prefix)
+    y = instances(redis_server.url, prefix)
+    alice, _ = sign_in(x.url, "alice")
+    bob, _ = sign_in(y.url, "bob")
+    assert wait(x.url, alice).body == b"bob,%d,1\n" % bob
+    got = []
+
+    def read(count):
+        for _ in range(count):
+            got.append(wait(y.url, bob).body)
+
+    messages = 50
+    reader = threading.Thread(target=read, args=(messages,))
+    reader.start()
+    parked(y.url, 1)
+    redis_server.cli("CONFIG", "RESETSTAT")
+    for i in range(messages):
+        assert send(x.url, alice, bob, b"%d" % i).status == 200
+        deadline = time.monotonic() + 10
+        while len(got) <= i:  # one at a time, as a ping-pong would
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    reader.join(10)
+    parked(y.url, 0)
+    stats = redis_server.cli("INFO", "commandstats")
+    calls = {m.group(1): int(m.group(2))
+             for m in re.finditer(r"cmdstat_(\S+?):calls=(\d+)", stats)}
+    assert got == [b"%d" % i for i in range(messages)]
+    # Ticks (once a second per instance) and INFO itself come on top.
+    scripts = calls.pop("evalsha")
+    assert 3 * messages <= scripts <= 3 * messages + 2 * 12, calls
+    assert set(calls) <= {"info", "ping", "config|resetstat", "config"}, calls
