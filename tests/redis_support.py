@@ -56,7 +56,7 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         self.process = LoggedProcess(args)
-        self.process.wait_for_log(r"Ready to accept connections")
+        self.process.wait_for_log(r"(?i)ready to accept connections")
         return self
 
     def stop(self, sig=signal.SIGTERM):

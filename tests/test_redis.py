@@ -6,6 +6,7 @@ started under a parked wait, a password-protected Redis, a unix socket, and
 the Redis round trips a relayed message costs.
 """
 
+import collections
 import re
 import secrets
 import signal
@@ -14,8 +15,9 @@ import time
 
 import pytest
 
-from conftest import LISTENING, REDIS_UP, TwistdProcess
+from conftest import LISTENING, REDIS_UP, LoggedProcess, TwistdProcess
 from httpclients import native
+from pcsignal.channel.redis import _loaded, load_scripts
 from redis_support import Haproxy, RedisServer, free_port
 
 UNAVAILABLE = b"Service unavailable: the signaling store cannot be reached; try again shortly."
@@ -239,8 +241,8 @@ def test_a_relayed_message_costs_three_scripts(redis_server, instances):
     """
     Per relayed message: the POST's script (queue it and hand it to the
     parked wait, publishing it to that wait's instance), the ack after the
-    answer is written, and the next /wait's script (park again).  Counted
-    by Redis itself.
+    answer is written, and the next /wait's script (park again); nothing
+    else.  Counted by Redis itself (MONITOR), by script.
     """
     prefix = "test:%s:" % secrets.token_hex(4)
     x = instances(redis_server.url, prefix)
@@ -249,29 +251,34 @@ def test_a_relayed_message_costs_three_scripts(redis_server, instances):
     bob, _ = sign_in(y.url, "bob")
     assert wait(x.url, alice).body == b"bob,%d,1\n" % bob
     got = []
-
-    def read(count):
-        for _ in range(count):
-            got.append(wait(y.url, bob).body)
-
     messages = 50
-    reader = threading.Thread(target=read, args=(messages,))
+    # One more /wait than messages: each answer is followed by a parked wait.
+    reader = threading.Thread(target=lambda: got.extend(
+        wait(y.url, bob).body for _ in range(messages + 1)))
     reader.start()
     parked(y.url, 1)
-    redis_server.cli("CONFIG", "RESETSTAT")
+    monitor = LoggedProcess(["redis-cli", "-p", str(redis_server.port), "MONITOR"])
+    monitor.wait_for_log("^OK$")
     for i in range(messages):
         assert send(x.url, alice, bob, b"%d" % i).status == 200
         deadline = time.monotonic() + 10
-        while len(got) <= i:  # one at a time, as a ping-pong would
+        while len(got) <= i and reader.is_alive():  # one at a time, as a ping-pong
             assert time.monotonic() < deadline
             time.sleep(0.001)
+    parked(y.url, 1)
+    redis_server.cli("ECHO", "end of relay")
+    monitor.wait_for_log("end of relay")
+    monitor.stop()
+    assert native(y.url, "GET", "/sign_out?peer_id=%d" % bob).status == 200
     reader.join(10)
-    parked(y.url, 0)
-    stats = redis_server.cli("INFO", "commandstats")
-    calls = {m.group(1): int(m.group(2))
-             for m in re.finditer(r"cmdstat_(\S+?):calls=(\d+)", stats)}
-    assert got == [b"%d" % i for i in range(messages)]
-    # Ticks (once a second per instance) and INFO itself come on top.
-    scripts = calls.pop("evalsha")
-    assert 3 * messages <= scripts <= 3 * messages + 2 * 12, calls
-    assert set(calls) <= {"info", "ping", "config|resetstat", "config"}, calls
+    assert got == [b"%d" % i for i in range(messages)] + [b"Peer most likely gone."]
+    names = {sha: name for name, (sha, _) in _loaded(load_scripts()).items()}
+    calls = collections.Counter()
+    for line in monitor.lines:
+        m = re.search(r'\[\d+ [^\]]*\] "(\w+)"(?: "(\w+)")?', line)
+        if m and "lua]" not in line:
+            command = m.group(1).lower()
+            calls[names.get(m.group(2), "?") if command == "evalsha" else command] += 1
+    calls.pop("tick", None)  # the reapers, once a second each
+    calls.pop("echo")
+    assert calls == {"post": messages, "ack": messages, "wait": messages}, calls

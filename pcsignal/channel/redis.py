@@ -409,9 +409,10 @@ class RedisChannel:
     def _waited(self, r, peer_id: int, waiter: _Waiter):
         status = r[0]
         if status == b"parked":
-            if not self._current(peer_id, waiter):
-                # Gone while we asked (cancelled or answered already): harmless if answered.
-                self._forget("unpark", peer_id, waiter.serial)
+            # If it was cancelled meanwhile, its canceller's unpark follows
+            # this script on the same connection; if it was answered (the
+            # publish overtook this reply), the answer consumed the park.
+            pass
         elif status == b"unknown":
             if self._current(peer_id, waiter):
                 self._unpark(peer_id).errback(UnknownPeer(peer_id))
