@@ -48,6 +48,9 @@ setup(
         "zope.interface>=5.0",
         "prometheus-client>=0.20.0",
         "txredisapi>=1.6.0",
+        # txredisapi parses replies with it when installed: half the CPU per
+        # relayed message on Redis (docs/benchmarks.rst).
+        "hiredis>=2.0",
     ],
     extras_require={
         "peer": PEER,
