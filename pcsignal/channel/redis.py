@@ -306,7 +306,7 @@ class RedisChannel:
             self._not_started()  # requests held for the first connection: refused now
         for peer_id in list(self._parked):
             self._unpark(peer_id).errback(ShuttingDown())
-        d = self._run("retire") if self.ready else succeed(None)
+        d = self._script("retire") if self.ready else succeed(None)
         # Best effort: if Redis is away, the session expires on its own.
         d.addErrback(lambda f: None)
         d.addCallback(lambda _: self.link.stop())
@@ -337,6 +337,8 @@ class RedisChannel:
         """One script for a request; fires with its own results."""
         if not self._started:
             return self._when_started(self._run, (script,) + args)
+        if self._closed:
+            return fail(ShuttingDown())
         if not self.ready:
             return fail(StoreUnavailable())
         return self._script(script, *args)
