@@ -61,8 +61,9 @@ class RedisHarness:
         return channel
 
     async def settle(self, channel):
-        # A round trip through Redis and back over pub/sub, until nothing
-        # asked of Redis is still unanswered.
+        # The acks it holds sent, then a round trip through Redis and back
+        # over pub/sub, until nothing asked of Redis is still unanswered.
+        await channel.flush()
         while True:
             await channel.sync()
             if not channel.link.busy:
@@ -568,14 +569,15 @@ async def test_queued_message_bytes_are_capped_for_the_whole_server(harness):
     assert channel.queued_bytes == 0
 
 
-def test_long_names_are_clipped_in_log_lines(harness):
+@pytest_twisted.ensureDeferred
+async def test_long_names_are_clipped_in_log_lines(harness):
     from twisted.logger import formatEvent, globalLogPublisher
 
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
         channel = harness.make()
-        channel.sign_in(b"n" * 512)
+        await channel.sign_in(b"n" * 512)
     finally:
         globalLogPublisher.removeObserver(events.append)
     lines = [formatEvent(e) for e in events if "sign-in" in e.get("log_format", "")]

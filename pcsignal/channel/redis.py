@@ -2,24 +2,26 @@
 RedisChannel: the signaling channel with its state in Redis, shared by any
 number of pcsignal processes on any number of hosts.
 
-Every operation is one Lua script (``lua/*.lua``, each prefixed with
-``lua/common.lua``), run with EVALSHA: one Redis round trip, atomic, however
-many members a sign-in notifies.  Under the prefix (``--redis-prefix``):
+Every operation that changes state is one Lua script (``lua/*.lua``, each
+prefixed with ``lua/common.lua``), run with EVALSHA: one Redis round trip,
+atomic, however many members a sign-in notifies.  Under the prefix
+(``--redis-prefix``):
 
 ==================  ========================================================
 ``order``           sorted set: member ids by sign-in sequence
 ``p:ID``            hash: name, token, n (last item number handed out),
                     count and bytes (items and message bytes held), void
-                    (cancelled notifications still in ``q:``), wait
-                    (``SESSION|SERIAL|WINDOW`` of its parked wait), holder
-                    (the session its in-flight items were handed to)
+                    (cancelled notifications still in ``q:``), wait (the
+                    registration, ``SESSION|SERIAL|WINDOW|GEN``: where the
+                    peer's items go), holder (the session its in-flight
+                    items were handed to)
 ``q:ID``            list: the mailbox, not yet handed out; requeued items
                     come back at its head with their numbers (``N#...``)
 ``f:ID``            list: in flight, ``N#ITEM``
 ``u:ID``            hash: untold notifications by subject (coalescing)
-``deadlines``       sorted set: peers without a parked wait, by deadline
+``deadlines``       sorted set: peers registered nowhere, by deadline
 ``sessions``        sorted set: live instance sessions, by deadline
-``parked:SESSION``  set: peers with a wait parked on a session
+``parked:SESSION``  set: peers registered with a session
 ``held:SESSION``    set: peers with items in flight handed to a session
 ``items, bytes``    counters for every mailbox together (the limits)
 ``ids, seq``        counters: sequential ids, sign-in order and item serials
@@ -28,27 +30,51 @@ many members a sign-in notifies.  Under the prefix (``--redis-prefix``):
 Items are ``m<from> <body bytes> <type bytes> <type><body>`` (``-`` for no
 type) and ``p<subject> <serial> <entry>``.
 
-An instance subscribes to one channel of its own, ``i:UID`` (not one per
-peer, so subscriptions grow with instances): a script that hands an item to
-a wait parked on another instance publishes it there in the same round
-trip, and so do removals and replaced waits.  A *session* is one unbroken
-stay of an instance on Redis: it ends when a link drops or the instance
-dies, and whatever was handed to it and not acked is put back for the next
-wait, by the instance itself when it returns or by whichever instance notices
-first (a publish nobody receives, or a session past its deadline).  Parked
-waits survive an outage of Redis: they are parked again in the new session.
+*Registrations are sticky.*  A peer's first ``/wait`` on an instance
+registers it there (a script); from then on every item the peer may have
+(within its window) is handed to that instance as soon as it exists, and the
+peer's next waits on the same instance park locally, without a round trip.
+The instance keeps the peer's liveness timer while no wait is parked, and
+holds items that arrive between two waits for the next one.  A wait on
+another instance moves the registration (the old one hears ``r`` and gives
+back what it holds); a balancer that keeps a peer on one instance (HAProxy
+``balance url_param peer_id``, ``etc/haproxy/haproxy.cfg``) makes moves rare.
 
-Time (deadlines, the reaper's timer) comes from the injected clock; the
-link's back-off and command deadlines run on the reactor.
+*Acks ride along.*  ``ack`` records the number here and answers once a
+script carrying it has run: every script carries every ack this instance
+holds, applied first, and a short timer (``ack_delay``) sends them alone if
+no script goes sooner; a script that finds a peer's next item held up by an
+unacked one nudges (``n``) the instance holding the ack.  A relayed message
+thus costs one script: the POST's, which also carries the sender's ack of the
+message it answers.  Acks held when the link drops are applied when it comes
+back, before anything is put back; an instance that dies loses the acks it
+held, and those items, already read, are delivered again.
+
+An instance subscribes to one channel of its own, ``i:UID`` (not one per
+peer, so subscriptions grow with instances): a script publishes there the
+events (``d`` delivery, ``r`` registration moved, ``x`` peer removed, ``n``
+nudge) for that instance's sessions, in the same round trip, and returns
+those for its caller in its reply.  A *session* is one unbroken stay of an
+instance on Redis: it ends when a link drops or the instance dies, and
+whatever was handed to it and not acked is put back for the next wait, by
+the instance itself when it returns or by whichever instance notices first
+(a publish nobody receives, or a session past its deadline).  Parked waits
+survive an outage of Redis: they are registered again in the new session.
+
+Time (liveness timers, deadlines, the reaper's timer) comes from the
+injected clock; the link's back-off, command deadlines and the ack delay
+(which only batches I/O) run on the reactor.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import itertools
 import json
 import os
 import secrets
+from collections import deque
 from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -74,17 +100,19 @@ from pcsignal.channel import (
 from pcsignal.channel.redis_link import RedisAddress, RedisLink
 
 _LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua")
-SCRIPTS = ("sign_in", "sign_out", "post", "wait", "unpark", "ack", "requeue", "tick",
+SCRIPTS = ("sign_in", "sign_out", "post", "wait", "ack", "requeue", "expire", "tick",
            "resume", "retire")
 
 
-def load_scripts() -> dict[str, str]:
+def load_scripts() -> dict[str, tuple[str, bytes]]:
+    """Each script with the common prologue: name -> (sha1, source)."""
     with open(os.path.join(_LUA, "common.lua"), encoding="utf-8") as f:
         common = f.read()
     scripts = {}
     for name in SCRIPTS:
         with open(os.path.join(_LUA, name + ".lua"), encoding="utf-8") as f:
-            scripts[name] = common + "\n" + f.read()
+            source = (common + "\n" + f.read()).encode("utf-8")
+        scripts[name] = (hashlib.sha1(source).hexdigest(), source)
     return scripts
 
 
@@ -102,26 +130,25 @@ def parse_item(raw: bytes) -> Delivery:
     return Delivery(Item(int(sender), rest[k:], rest[:k]), int(n))
 
 
-class _Waiter:
-    __slots__ = ("d", "serial", "window")
+class _Registration:
+    """A peer whose waits come to this instance (this session)."""
 
-    def __init__(self, serial: int, window: int):
+    __slots__ = ("serial", "window", "gen", "waiter", "held", "timer")
+
+    def __init__(self, serial: int, window: int, gen: int):
         self.serial = serial
         self.window = window
-        self.d: Optional[Deferred] = None
-
-
-_REASONS = {
-    "timeout": None,  # formatted with the timeout in force
-    "sign-out": "sign-out",
-    "dropped (mailbox full)": "dropped (mailbox full)",
-}
+        self.gen = gen  # deliveries from before the last requeue carry an older one
+        self.waiter: Optional[Deferred] = None  # the parked wait
+        self.held: deque[Delivery] = deque()  # handed to us between two waits
+        self.timer = None  # liveness, while no wait is parked
 
 
 @implementer(IChannel)
 class RedisChannel:
     """
-    Members, mailboxes and liveness in Redis; parked waits in this process.
+    Members, mailboxes and liveness in Redis; registrations (parked waits,
+    items between two waits, liveness timers) in this process.
 
     ``ready`` is False while Redis cannot be used (requests get
     StoreUnavailable); ``problem`` then says why, for /healthz.
@@ -131,6 +158,7 @@ class RedisChannel:
     session_ttl = 10.0  # an instance silent this long is taken for dead
     tick_interval = 1.0  # the reaper runs at least this often
     reap_batch = 500
+    ack_delay = 0.005  # an ack waits this long for a script to ride with
 
     def __init__(
         self,
@@ -157,7 +185,11 @@ class RedisChannel:
         self._session = ""
         self._old_sessions: list[str] = []
         self._serials = itertools.count(1)
-        self._parked: dict[int, _Waiter] = {}
+        self._regs: dict[int, _Registration] = {}
+        self._acks: dict[int, int] = {}  # peer -> highest number read, not yet sent
+        self._marks: dict[int, tuple[int, int]] = {}  # peer -> (serial, wait parked 1|0)
+        self._ack_waiters: list[Deferred] = []
+        self._flush_call = None
         self._syncs: dict[str, Deferred] = {}
         self._starting: list[Deferred] = []
         self._started = False
@@ -168,9 +200,9 @@ class RedisChannel:
         self.waiting_count = 0
         self.queued_count = 0
         self.queued_bytes = 0
-        self.link = RedisLink(address, [self._channel], reactor, self._on_message,
+        self.link = RedisLink(address, [self._channel], reactor, self._on_events,
                               self._on_link, command_timeout)
-        self.link.scripts.update(_loaded(load_scripts()))
+        self.link.scripts.update(load_scripts())
         self._give_up_starting = None
         # Not before the reactor runs: twistd may still fork to daemonize.
         reactor.callWhenRunning(self._start)
@@ -189,8 +221,8 @@ class RedisChannel:
     @property
     def problem(self) -> Optional[str]:
         """Why the channel cannot serve now; None when it can."""
-        if self.ready:
-            return None
+        if self.ready or not self._started:
+            return None  # starting: requests are held for a moment, not refused
         return "Redis unavailable (%s)" % (self.link.reason or "starting",)
 
     # -- IChannel ---------------------------------------------------------------
@@ -214,7 +246,8 @@ class RedisChannel:
                 raise ServerFull(self.limits.max_peers)
             peer_id, body = r[1], r[2]
             self.log.info("sign-in {name!r} as {peer_id} ({count} peers)",
-                          name=body.partition(b"\n")[0].rsplit(b",", 2)[0].decode("utf-8"),
+                          name=logs.clip(body.partition(b"\n")[0].rsplit(b",", 2)[0]
+                                         .decode("utf-8")),
                           peer_id=peer_id, count=self.peer_count)
             if self.metrics:
                 self.metrics.sign_ins.inc()
@@ -272,44 +305,92 @@ class RedisChannel:
     def wait(self, peer_id: int, window: int = 1) -> Deferred:
         if self._closed:
             return fail(ShuttingDown())
-        old = self._parked.pop(peer_id, None)
-        if old is not None:
-            self.waiting_count -= 1
-            old.d.errback(WaitReplaced())
-        waiter = _Waiter(next(self._serials), window)
-
-        def cancel(d):
-            # The client went away: nothing consumed, its timer starts.
-            if self._parked.get(peer_id) is waiter:
-                self._unpark(peer_id)
-                self._forget("unpark", peer_id, waiter.serial)
-
-        waiter.d = Deferred(cancel)
-        self._parked[peer_id] = waiter
-        self.waiting_count += 1
-        d = waiter.d
-        self._run("wait", peer_id, waiter.serial, window).addCallbacks(
-            self._waited, self._wait_failed, (peer_id, waiter), None, (peer_id, waiter))
+        if not self.ready:
+            if not self._started:
+                return self._when_started(self.wait, (peer_id, window))
+            return fail(StoreUnavailable())
+        reg = self._regs.get(peer_id)
+        if reg is None:
+            reg = self._regs[peer_id] = _Registration(next(self._serials), window,
+                                                      next(self._serials))
+            d = self._park(peer_id, reg)
+            self._register(peer_id, reg, fresh=True)
+            return d
+        if reg.waiter is not None:
+            self._unpark(reg).errback(WaitReplaced())
+        if reg.held:
+            delivery = reg.held.popleft()
+            d = succeed(delivery)
+            self._mark(peer_id, reg, 0)
+            self._arm(peer_id, reg)  # answered now; it has peer_timeout to come back
+        else:
+            # Registered here already: its items come here as they exist, its
+            # notifications once Redis knows a wait is parked (the mark).
+            d = self._park(peer_id, reg)
+            self._mark(peer_id, reg, 1)
+        if reg.window != window:
+            reg.window = window
+            self._register(peer_id, reg, fresh=False)
         return d
 
     def ack(self, peer_id: int, n: int) -> Deferred:
-        return self._run("ack", peer_id, n).addCallback(lambda _: None)
+        if self._closed:
+            return fail(ShuttingDown())
+        if n > self._acks.get(peer_id, 0):
+            self._acks[peer_id] = n
+        reg = self._regs.get(peer_id)
+        if reg is not None:
+            while reg.held and reg.held[0].n <= n:
+                reg.held.popleft()  # read already (a client resuming says so)
+        d = Deferred()
+        self._ack_waiters.append(d)
+        self._flush_soon(self.ack_delay)
+        return d
 
     def requeue(self, peer_id: int) -> Deferred:
-        return self._requeue(peer_id, 0)
+        reg = self._regs.get(peer_id)
+        serial = ""
+        if reg is not None:
+            # What arrived for the next wait goes back too; what is still on
+            # its way will carry the old gen and be ignored.
+            reg.held.clear()
+            reg.gen = next(self._serials)
+            serial = reg.serial
+
+        def done(r):
+            if r[0] and self.metrics:
+                self.metrics.requeued.inc(r[0])
+
+        return self._run("requeue", peer_id, serial,
+                         reg.gen if reg is not None else 0).addCallback(done)
 
     def close(self) -> Deferred:
         self._closed = True
         self._stop_ticking()
         self._stop_starting()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
         if not self._started:
             self._not_started()  # requests held for the first connection: refused now
-        for peer_id in list(self._parked):
-            self._unpark(peer_id).errback(ShuttingDown())
+        for reg in list(self._regs.values()):
+            self._disarm(reg)
+            if reg.waiter is not None:
+                self._unpark(reg).errback(ShuttingDown())
+        self._regs.clear()
+        # The acks held go with the retirement; best effort: if Redis is
+        # away, the session expires on its own.
         d = self._script("retire") if self.ready else succeed(None)
-        # Best effort: if Redis is away, the session expires on its own.
         d.addErrback(lambda f: None)
         d.addCallback(lambda _: self.link.stop())
+        return d
+
+    def flush(self) -> Deferred:
+        """Send the acks and marks held now; fires once they are applied (tests settle on it)."""
+        if not (self._acks or self._marks):
+            return succeed(None)
+        d = Deferred()
+        self._ack_waiters.append(d)
+        self._flush()
         return d
 
     def sync(self) -> Deferred:
@@ -344,21 +425,60 @@ class RedisChannel:
         return self._script(script, *args)
 
     def _script(self, script: str, *args) -> Deferred:
-        """One script in this session, ready or still resuming."""
+        """One script in this session, ready or still resuming, carrying the acks and marks held."""
+        acks, marks, waiters = self._acks, self._marks, self._ack_waiters
+        carried = bool(acks or marks or waiters)
+        if carried:
+            self._acks, self._marks, self._ack_waiters = {}, {}, []
+            if self._flush_call is not None and self._flush_call.active():
+                self._flush_call.cancel()
         limits = self.limits
         d = self.link.script(script, [
             self.prefix, repr(self._clock.seconds()), self._session,
             repr(float(limits.peer_timeout)), limits.max_queue, limits.max_queued_bytes,
-            limits.max_peers, *args])
-        return d.addCallback(self._counted)
+            limits.max_peers, " ".join(["%d %d" % a for a in acks.items()]),
+            " ".join(["%d %d %d" % (peer_id, serial, on)
+                      for peer_id, (serial, on) in marks.items()]), *args])
+        d.addCallbacks(self._counted, self._not_carried, (waiters if carried else None,), None,
+                       (acks, marks, waiters if carried else None))
+        return d
 
-    def _counted(self, r):
+    def _counted(self, r, ack_waiters):
         self.peer_count, self.queued_count, self.queued_bytes = r[0], r[1], r[2]
         removed = r[3]
         for i in range(0, len(removed), 3):
             self._log_removal(int(removed[i]), removed[i + 1].decode("utf-8"),
                               removed[i + 2].decode("ascii"))
-        return r[4:]
+        if r[4]:
+            self._on_events(r[4])
+        if ack_waiters:
+            for d in ack_waiters:
+                d.callback(None)
+        return r[5:]
+
+    def _not_carried(self, failure, acks, marks, waiters):
+        """A script failed: the acks it carried are held again (applied twice is harmless)."""
+        if waiters is not None:
+            if failure.check(StoreUnavailable):
+                for peer_id, n in acks.items():
+                    if n > self._acks.get(peer_id, 0):
+                        self._acks[peer_id] = n
+                for peer_id, mark in marks.items():
+                    self._marks.setdefault(peer_id, mark)  # unless a newer one is held
+                if self.ready:
+                    self._flush_soon(self.ack_delay)
+            for d in waiters:
+                d.errback(failure)
+        return failure
+
+    def _flush_soon(self, delay: float) -> None:
+        if self._flush_call is None or not self._flush_call.active():
+            self._flush_call = self.link.reactor.callLater(delay, self._flush)
+
+    def _flush(self) -> None:
+        """Send the acks and marks held, alone: no other script went in time."""
+        if (self._acks or self._marks) and self.ready and not self._closed:
+            self._forget("ack")
 
     def _when_started(self, method, args) -> Deferred:
         """Before the first connection: hold requests for a moment, not refuse them."""
@@ -381,13 +501,6 @@ class RedisChannel:
             return None  # the link's state change is logged already
         self.log.failure("Redis {what} failed", failure, what=what)
 
-    def _requeue(self, peer_id: int, from_n: int, run=None) -> Deferred:
-        def done(r):
-            if r[0] and self.metrics:
-                self.metrics.requeued.inc(r[0])
-
-        return (run or self._run)("requeue", peer_id, from_n).addCallback(done)
-
     def _log_removal(self, peer_id: int, name: str, why: str) -> None:
         if why == "timeout":
             why = "timed out after %gs without /wait" % (self.limits.peer_timeout,)
@@ -396,66 +509,152 @@ class RedisChannel:
         elif why.startswith("dropped") and self.metrics:
             self.metrics.slow_peers_dropped.inc()
         self.log.info("{why}: {name!r} ({peer_id}), {count} peers left",
-                      why=why, name=name, peer_id=peer_id, count=self.peer_count)
+                      why=why, name=logs.clip(name), peer_id=peer_id, count=self.peer_count)
 
-    # -- internals: waits -------------------------------------------------------------
+    # -- internals: registrations -----------------------------------------------------
 
-    def _unpark(self, peer_id: int) -> Deferred:
-        waiter = self._parked.pop(peer_id)
+    def _park(self, peer_id: int, reg: _Registration) -> Deferred:
+        def cancel(d):
+            # The client went away: nothing consumed, its timer starts.
+            if reg.waiter is d:
+                self._unpark(reg)
+                if self._regs.get(peer_id) is reg:
+                    self._mark(peer_id, reg, 0)
+                    self._arm(peer_id, reg)
+
+        self._disarm(reg)
+        d = reg.waiter = Deferred(cancel)
+        self.waiting_count += 1
+        return d
+
+    def _mark(self, peer_id: int, reg: _Registration, parked: int) -> None:
+        """Tell Redis, with the next script, whether a wait of the peer is parked here."""
+        self._marks[peer_id] = (reg.serial, parked)
+        self._flush_soon(self.ack_delay)
+
+    def _unpark(self, reg: _Registration) -> Deferred:
+        d, reg.waiter = reg.waiter, None
         self.waiting_count -= 1
-        return waiter.d
+        return d
 
-    def _current(self, peer_id: int, waiter: _Waiter) -> bool:
-        return self._parked.get(peer_id) is waiter
-
-    def _waited(self, r, peer_id: int, waiter: _Waiter):
-        status = r[0]
-        if status == b"parked":
-            # If it was cancelled meanwhile, its canceller's unpark follows
-            # this script on the same connection; if it was answered (the
-            # publish overtook this reply), the answer consumed the park.
-            pass
-        elif status == b"unknown":
-            if self._current(peer_id, waiter):
-                self._unpark(peer_id).errback(UnknownPeer(peer_id))
+    def _arm(self, peer_id: int, reg: _Registration) -> None:
+        """No wait parked: the peer has peer_timeout to send the next."""
+        if reg.timer is not None and reg.timer.active():
+            reg.timer.reset(self.limits.peer_timeout)
         else:
-            self._deliver(peer_id, waiter.serial, r[1])
+            reg.timer = self._clock.callLater(self.limits.peer_timeout, self._expire,
+                                              peer_id, reg)
 
-    def _wait_failed(self, failure, peer_id: int, waiter: _Waiter):
-        if self._current(peer_id, waiter):
-            self._unpark(peer_id).errback(failure)
-        elif not failure.check(StoreUnavailable):
-            self._log_failure(failure, "wait")
+    @staticmethod
+    def _disarm(reg: _Registration) -> None:
+        if reg.timer is not None:
+            if reg.timer.active():
+                reg.timer.cancel()
+            reg.timer = None
 
-    def _deliver(self, peer_id: int, serial: int, raw: bytes) -> None:
-        delivery = parse_item(raw)
-        waiter = self._parked.get(peer_id)
-        if waiter is not None and waiter.serial == serial:
-            self._unpark(peer_id).callback(delivery)
-        else:
-            # Handed to a wait that is gone: back to the head, for the next one.
-            self._requeue(peer_id, delivery.n, self._script).addErrback(
-                self._log_failure, "requeue")
+    def _expire(self, peer_id: int, reg: _Registration) -> None:
+        reg.timer = None
+        if self._regs.get(peer_id) is reg:
+            self._drop(peer_id, reg)
+            if self.ready:
+                self._forget("expire", peer_id, reg.serial)
+            # Else the session's end gave the peer a deadline in Redis.
 
-    def _on_message(self, message: bytes) -> None:
+    def _drop(self, peer_id: int, reg: _Registration) -> None:
+        del self._regs[peer_id]
+        self._marks.pop(peer_id, None)
+        self._disarm(reg)
+
+    def _register(self, peer_id: int, reg: _Registration, fresh: bool,
+                  contest: bool = False) -> None:
+        self._marks.pop(peer_id, None)  # the registration says it
+        d = self._script("wait", peer_id, reg.serial, reg.window, reg.gen,
+                         1 if fresh else 0, 1 if contest else 0,
+                         0 if reg.waiter is None else 1)
+        d.addCallbacks(self._registered, self._not_registered, (peer_id, reg), None,
+                       (peer_id, reg))
+
+    def _registered(self, r, peer_id: int, reg: _Registration) -> None:
+        # Its items, if any, came with the reply as events.
+        if r[0] == b"unknown" and self._regs.get(peer_id) is reg:
+            self._drop(peer_id, reg)
+            if reg.waiter is not None:
+                self._unpark(reg).errback(UnknownPeer(peer_id))
+
+    def _not_registered(self, failure, peer_id: int, reg: _Registration) -> None:
+        if self._regs.get(peer_id) is reg:
+            self._drop(peer_id, reg)
+            if reg.waiter is not None:
+                self._unpark(reg).errback(failure)
+                return
+        self._log_failure(failure, "wait")
+
+    # -- internals: events ------------------------------------------------------------
+
+    def _on_events(self, message: bytes) -> None:
         session = self._session
+        flush = False
         for event in json.loads(message.decode("latin-1")):
             kind = event[0]
             if kind == "z":
                 d = self._syncs.pop(event[1], None)
                 if d is not None:
                     d.callback(None)
-                continue
-            if event[1] != session:
+            elif event[1] != session:
                 continue  # for a session that ended: settled when it was retired
-            peer_id, serial = event[2], event[3]
-            if kind == "d":
-                self._deliver(peer_id, serial, event[4].encode("latin-1"))
-                continue
-            waiter = self._parked.get(peer_id)
-            if waiter is not None and waiter.serial == serial:
-                self._unpark(peer_id).errback(
-                    UnknownPeer(peer_id) if kind == "x" else WaitReplaced())
+            elif kind == "d":
+                self._delivered(event[2], event[3], event[4], event[5].encode("latin-1"))
+            elif kind == "n":
+                flush = flush or event[2] in self._acks or event[2] in self._marks
+            elif kind == "r":
+                self._replaced(event[2], event[3], event[4], event[5])
+            elif kind == "x":
+                self._removed(event[2], event[3])
+        if flush:
+            self._flush_soon(0)
+
+    def _delivered(self, peer_id: int, serial: int, gen: int, raw: bytes) -> None:
+        reg = self._regs.get(peer_id)
+        if reg is None or reg.serial != serial or reg.gen != gen:
+            # Registered elsewhere, or requeued, since: a script that came
+            # after this delivery has put its item back.
+            return
+        delivery = parse_item(raw)
+        if reg.waiter is not None:
+            d = self._unpark(reg)
+            self._marks.pop(peer_id, None)  # Redis knows it is answered
+            # Timer first: the callback may park the next wait at once.
+            self._arm(peer_id, reg)
+            d.callback(delivery)
+        else:
+            reg.held.append(delivery)
+
+    def _replaced(self, peer_id: int, serial: int, held: int, contest: int) -> None:
+        """The peer's waits go to another instance now."""
+        reg = self._regs.get(peer_id)
+        if reg is None or reg.serial != serial:
+            return
+        if reg.waiter is not None and not contest:
+            # The wait parked here may be the newer one (the other's news
+            # came late): claim the peer back, once; the other gives in.
+            reg.serial, reg.gen = next(self._serials), next(self._serials)
+            reg.held.clear()
+            self._register(peer_id, reg, fresh=True, contest=True)
+            return
+        self._drop(peer_id, reg)
+        if reg.waiter is not None:
+            self._unpark(reg).errback(WaitReplaced())
+        if held:
+            # Give back what this instance holds, so the other can hand it out.
+            self._script("requeue", peer_id, "", 0).addErrback(self._log_failure, "requeue")
+
+    def _removed(self, peer_id: int, serial: int) -> None:
+        self._acks.pop(peer_id, None)
+        reg = self._regs.get(peer_id)
+        if reg is not None and reg.serial == serial:
+            self._drop(peer_id, reg)
+            if reg.waiter is not None:
+                self._unpark(reg).errback(UnknownPeer(peer_id))
 
     # -- internals: sessions ----------------------------------------------------------
 
@@ -470,45 +669,57 @@ class RedisChannel:
                 self.log.warn("Redis at {address} not reachable ({reason}): requests "
                               "answer 503 until it is; connecting",
                               address=str(self.link.address), reason=reason)
+                if not self._started:
+                    self._stop_starting()
+                    self._not_started()
             self._end_session()
             return
         self._begin_session()
 
     def _end_session(self):
+        """
+        Deliveries to this session are void (it is retired, its items put
+        back); parked waits stay, to be registered again.
+        """
         self.ready = False
         self._stop_ticking()
         if self._session:
             self._old_sessions.append(self._session)
             self._session = ""
+        self._marks.clear()  # waits parked are registered afresh
+        for peer_id, reg in list(self._regs.items()):
+            reg.held.clear()
+            if reg.waiter is None:
+                self._drop(peer_id, reg)
 
     def _begin_session(self):
-        """Links up: a new session; the old ones are retired and the waits parked again."""
+        """Links up: a new session; the old ones are retired and the waits registered again."""
         self._session = "%s.%d" % (self.uid, next(self._epoch))
-        old, waits = list(self._old_sessions), list(self._parked.items())
+        old, regs = list(self._old_sessions), list(self._regs.items())
         args = [repr(self.session_ttl), len(old), *old]
-        for peer_id, waiter in waits:
-            args += [peer_id, waiter.serial, waiter.window]
+        for peer_id, reg in regs:
+            args += [peer_id, reg.serial, reg.window, reg.gen]
         d = self._script("resume", *args)
-        d.addCallbacks(self._resumed, self._resume_failed, (old, waits))
+        d.addCallbacks(self._resumed, self._resume_failed, (old, regs))
 
-    def _resumed(self, r, old, waits):
+    def _resumed(self, r, old, regs):
         del self._old_sessions[:len(old)]
         self.ready = True
         self.log.info("Redis link up: {address}, prefix {prefix!r}, session {session}",
                       address=str(self.link.address), prefix=self.prefix,
                       session=self._session)
-        for (peer_id, waiter), answer in zip(waits, r[0]):
-            if not self._current(peer_id, waiter) or answer == b"parked":
+        for (peer_id, reg), answer in zip(regs, r[0]):
+            if self._regs.get(peer_id) is not reg or answer == b"ok":
                 continue
-            if answer == b"unknown":
-                self._unpark(peer_id).errback(UnknownPeer(peer_id))
-            elif answer == b"replaced":
-                self._unpark(peer_id).errback(WaitReplaced())
-            else:
-                self._deliver(peer_id, waiter.serial, answer)
+            self._drop(peer_id, reg)
+            if reg.waiter is not None:
+                self._unpark(reg).errback(
+                    UnknownPeer(peer_id) if answer == b"unknown" else WaitReplaced())
         if not self._started:
             self._stop_starting()
             self._not_started()
+        if self._acks:
+            self._flush_soon(self.ack_delay)
         self._schedule_tick(0)
 
     def _resume_failed(self, failure):
@@ -553,10 +764,3 @@ class RedisChannel:
                 self._schedule_tick(self.tick_interval)
 
         d.addCallbacks(done, failed)
-
-
-def _loaded(scripts: dict[str, str]) -> dict[str, tuple[str, bytes]]:
-    import hashlib
-
-    return {name: (hashlib.sha1(source.encode("utf-8")).hexdigest(), source.encode("utf-8"))
-            for name, source in scripts.items()}

@@ -233,7 +233,7 @@ class _Keeper:
 
     def _failed(self, failure):
         self.reason = failure.getErrorMessage() or failure.type.__name__
-        self.link.changed()
+        self.link.changed(failed=True)
         self._schedule()
 
     def lost(self, proto, why):
@@ -274,6 +274,7 @@ class RedisLink:
         self.on_state = on_state
         self.command_timeout = command_timeout
         self.up = False
+        self._told = False  # on_state heard anything yet
         self._commands = _Keeper(self, "commands", _Commands, self._prepare_commands)
         self._subscriber = _Keeper(self, "pub/sub", _Subscriber, self._subscribe)
         self._watchdog = task.LoopingCall(self._check)
@@ -303,10 +304,12 @@ class RedisLink:
         down = [k for k in (self._commands, self._subscriber) if k.proto is None]
         return "; ".join("%s: %s" % (k.name, k.reason) for k in down)
 
-    def changed(self):
+    def changed(self, failed: bool = False):
+        """Tell on_state of a change, and of the first failure to connect at all."""
         up = self._commands.proto is not None and self._subscriber.proto is not None
-        if up != self.up:
+        if up != self.up or (failed and not self._told):
             self.up = up
+            self._told = True
             self.on_state(up, self.reason)
 
     # -- commands ---------------------------------------------------------------------

@@ -1,6 +1,8 @@
 -- Shared by every script (prepended to each).  See pcsignal/channel/redis.py
 -- for the data model.  ARGV: prefix, now, session, peer_timeout, max_queue,
--- max_queued_bytes, max_peers, then the script's own arguments.
+-- max_queued_bytes, max_peers, the acks this instance holds ('ID N ...'), its
+-- marks ('ID SERIAL 1|0 ...': a wait parked, or no longer), both applied
+-- first, then the script's own arguments: arg(1), arg(2), ...
 local call = redis.call
 local P, NOW, S = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local TIMEOUT, MAXQ = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -8,13 +10,15 @@ local MAXB, MAXP = tonumber(ARGV[6]), tonumber(ARGV[7])
 local ORDER, DEADLINES, SESSIONS = P .. 'order', P .. 'deadlines', P .. 'sessions'
 local ITEMS, BYTES, SEQ = P .. 'items', P .. 'bytes', P .. 'seq'
 
+local function arg(i) return ARGV[9 + i] end
 local function pk(id) return P .. 'p:' .. id end   -- hash: the member
 local function qk(id) return P .. 'q:' .. id end   -- list: not yet handed out
 local function fk(id) return P .. 'f:' .. id end   -- list: in flight
 local function uk(id) return P .. 'u:' .. id end   -- hash: untold presence by subject
 
--- Events for instances, one PUBLISH per instance channel at the end.
-local events, event_order = {}, {}
+-- Events for instances: this session's come back in the reply, the others'
+-- go out with one PUBLISH per instance channel at the end.
+local events, event_order, own = {}, {}, {}
 local removed = {}  -- id, name, why: for the caller to log
 
 local function instance_channel(session)
@@ -22,6 +26,10 @@ local function instance_channel(session)
 end
 
 local function emit(session, event)
+  if session == S then
+    table.insert(own, event)
+    return
+  end
   local ch = instance_channel(session)
   local list = events[ch]
   if not list then
@@ -46,9 +54,10 @@ local function alive(session)
   return yes
 end
 
+-- A registration: 'SESSION|SERIAL|WINDOW|GEN'.
 local function parse_wait(w)
-  local ws, serial, window = string.match(w, '^(.*)|(%d+)|(%d+)$')
-  return ws, tonumber(serial), tonumber(window)
+  local ws, serial, window, gen = string.match(w, '^(.*)|(%d+)|(%d+)|(%d+)$')
+  return ws, tonumber(serial), tonumber(window), tonumber(gen)
 end
 
 local function body_bytes(e)
@@ -66,19 +75,18 @@ local function clear_holder(id)
   end
 end
 
--- Items in flight numbered from n on go back to the head of the mailbox,
--- in order, keeping their numbers.
-local function requeue_from(id, n)
+-- Everything in flight goes back to the head of the mailbox, in order,
+-- keeping its numbers.
+local function requeue_all(id)
   local f, q = fk(id), qk(id)
   local moved = 0
   while true do
-    local e = call('LINDEX', f, -1)
-    if not e or tonumber(string.match(e, '^(%d+)#')) < n then break end
-    call('RPOP', f)
+    local e = call('RPOP', f)
+    if not e then break end
     call('LPUSH', q, e)
     moved = moved + 1
   end
-  if call('LLEN', f) == 0 then clear_holder(id) end
+  clear_holder(id)
   return moved
 end
 
@@ -100,18 +108,20 @@ end
 
 local retire
 
--- Hand the oldest item out to session s: in flight until settled.
-local function take(id, s, window)
+-- Hand the oldest item out to session s: in flight until settled.  Nil and
+-- the session whose items in flight block it, if any do.  A notification
+-- goes only to a parked wait (live): until then it can still be coalesced.
+local function take(id, s, window, live)
   local p, f = pk(id), fk(id)
   local inflight = call('LLEN', f)
   if inflight > 0 then
     local h = call('HGET', p, 'holder')
     if h ~= s then
-      if h and alive(h) then return nil end  -- settled by its holder
-      inflight = inflight - requeue_from(id, 0)
+      if h and alive(h) then return nil, h end  -- settled by its holder first
+      inflight = inflight - requeue_all(id)
     end
   end
-  if inflight >= window then return nil end
+  if inflight >= window then return nil, s end
   local q = qk(id)
   while true do
     local e = call('LPOP', q)
@@ -120,11 +130,14 @@ local function take(id, s, window)
     local out = nil
     if c == 112 then  -- 'p': live only while it is the untold entry for its subject
       local subject = string.match(e, '^p(%d+) ')
-      if call('HGET', uk(id), subject) == e then
+      if call('HGET', uk(id), subject) ~= e then
+        call('HINCRBY', p, 'void', -1)
+      elseif not live then
+        call('LPUSH', q, e)
+        return nil, s
+      else
         call('HDEL', uk(id), subject)
         out = call('HINCRBY', p, 'n', 1) .. '#' .. e
-      else
-        call('HINCRBY', p, 'void', -1)
       end
     elseif c == 109 then  -- 'm'
       out = call('HINCRBY', p, 'n', 1) .. '#' .. e
@@ -132,6 +145,7 @@ local function take(id, s, window)
       out = e
     end
     if out then
+      if live then call('HDEL', p, 'live') end  -- that wait is answered
       call('RPUSH', f, out)
       if inflight == 0 then
         call('HSET', p, 'holder', s)
@@ -142,36 +156,64 @@ local function take(id, s, window)
   end
 end
 
-local function unpark(id, ws)
-  call('HDEL', pk(id), 'wait')
-  call('SREM', P .. 'parked:' .. ws, id)
-end
-
--- Give the parked wait, wherever it is, the next item if it may have one.
+-- Hand the registered instance every item its window allows.  If items in
+-- flight block the way, nudge their holder once: it may sit on their ack.
+local nudged = {}
 local function wake(id)
   local w = call('HGET', pk(id), 'wait')
   if not w then return end
-  local ws, serial, window = parse_wait(w)
+  local ws, serial, window, gen = parse_wait(w)
   if not alive(ws) then
     retire(ws)
     return
   end
-  local e = take(id, ws, window)
-  if e then
-    unpark(id, ws)
-    call('ZADD', DEADLINES, NOW + TIMEOUT, id)
-    emit(ws, {'d', ws, tonumber(id), serial, e})
+  local live = call('HGET', pk(id), 'live') == ws .. '|' .. serial
+  while true do
+    local e, blocker = take(id, ws, window, live)
+    if not e then
+      if blocker and not nudged[id] and call('LLEN', qk(id)) > 0 then
+        nudged[id] = true
+        emit(blocker, {'n', blocker, tonumber(id)})
+      end
+      return
+    end
+    emit(ws, {'d', ws, tonumber(id), serial, gen, e})
+    live = false
   end
 end
 
--- A session that is gone: its parked waits are no more (the peers have
+-- Waits of peer id now go to this session.  The instance they went to
+-- hears so ('r'), and whether it holds items of the peer in flight.
+local function register(id, serial, window, gen, contest, live)
+  local p = pk(id)
+  local w = call('HGET', p, 'wait')
+  if w then
+    local ws, wserial = parse_wait(w)
+    if ws ~= S then
+      local held = (call('HGET', p, 'holder') == ws and call('LLEN', fk(id)) > 0) and 1 or 0
+      emit(ws, {'r', ws, tonumber(id), wserial, held, contest})
+      call('SREM', P .. 'parked:' .. ws, id)
+    end
+  end
+  call('HSET', p, 'wait', S .. '|' .. serial .. '|' .. window .. '|' .. gen)
+  if live then call('HSET', p, 'live', S .. '|' .. serial) else call('HDEL', p, 'live') end
+  call('SADD', P .. 'parked:' .. S, id)
+  call('ZREM', DEADLINES, id)
+end
+
+local function unregister(id, ws)
+  call('HDEL', pk(id), 'wait', 'live')
+  call('SREM', P .. 'parked:' .. ws, id)
+end
+
+-- A session that is gone: its registrations are no more (the peers have
 -- peer_timeout to come back), what it had in flight goes back to the head.
 retire = function(session)
   local parked = P .. 'parked:' .. session
   for _, id in ipairs(call('SMEMBERS', parked)) do
     local w = call('HGET', pk(id), 'wait')
     if w and parse_wait(w) == session then
-      call('HDEL', pk(id), 'wait')
+      call('HDEL', pk(id), 'wait', 'live')
       call('ZADD', DEADLINES, NOW + TIMEOUT, id)
     end
   end
@@ -181,11 +223,36 @@ retire = function(session)
   local held = P .. 'held:' .. session
   for _, id in ipairs(call('SMEMBERS', held)) do
     if call('HGET', pk(id), 'holder') == session then
-      requeue_from(id, 0)
+      requeue_all(id)
       wake(id)
     end
   end
   call('DEL', held)
+end
+
+-- Items numbered up to n were read: forget them, in flight or requeued.
+local function ack(id, n)
+  local p = pk(id)
+  if call('EXISTS', p) == 0 then return end
+  local freed, bytes = 0, 0
+  for _, key in ipairs({fk(id), qk(id)}) do
+    while true do
+      local e = call('LINDEX', key, 0)
+      local en = e and tonumber(string.match(e, '^(%d+)#'))
+      if not en or en > n then break end
+      call('LPOP', key)
+      freed = freed + 1
+      bytes = bytes + body_bytes(e)
+    end
+  end
+  if freed > 0 then
+    call('HINCRBY', p, 'count', 0 - freed)
+    call('HINCRBY', p, 'bytes', 0 - bytes)
+    call('INCRBY', ITEMS, 0 - freed)
+    call('INCRBY', BYTES, 0 - bytes)
+    if call('LLEN', fk(id)) == 0 then clear_holder(id) end
+    wake(id)
+  end
 end
 
 -- Tell member m about subject; false if its mailbox is full.
@@ -257,7 +324,9 @@ local function flush()
       if call('PUBLISH', ch, cjson.encode(batch[ch])) == 0 then
         for _, ev in ipairs(batch[ch]) do
           if call('ZSCORE', SESSIONS, ev[2]) then retire(ev[2]) end
-          if ev[1] == 'd' then requeue_from(tostring(ev[3]), 0) end
+          if ev[1] == 'd' and call('HGET', pk(ev[3]), 'holder') == ev[2] then
+            requeue_all(tostring(ev[3]))
+          end
         end
       end
     end
@@ -265,11 +334,30 @@ local function flush()
 end
 
 -- Every reply: the counters (peers, items held, message bytes held), the
--- members removed (id, name, why, ...), then the script's own results.
+-- members removed (id, name, why, ...), this session's events (JSON, or ''),
+-- then the script's own results.
 local function reply(...)
   flush()
   local out = {call('ZCARD', ORDER), tonumber(call('GET', ITEMS) or 0),
-               tonumber(call('GET', BYTES) or 0), removed}
+               tonumber(call('GET', BYTES) or 0), removed,
+               #own > 0 and cjson.encode(own) or ''}
   for _, v in ipairs({...}) do table.insert(out, v) end
   return out
 end
+
+for id, serial, on in string.gmatch(ARGV[9], '(%d+) (%d+) (%d)') do
+  local p = pk(id)
+  local w = call('HGET', p, 'wait')
+  if w then
+    local ws, wserial = parse_wait(w)
+    if ws == S and wserial == tonumber(serial) then
+      if on == '1' then
+        call('HSET', p, 'live', S .. '|' .. serial)
+        wake(id)
+      else
+        call('HDEL', p, 'live')
+      end
+    end
+  end
+end
+for id, n in string.gmatch(ARGV[8], '(%d+) (%d+)') do ack(id, tonumber(n)) end

@@ -1,39 +1,31 @@
--- ARGV[8..]: session lifetime, count of old sessions, the old sessions,
--- then (id, serial, window) for every wait parked here.  A new session
--- after a lost link: the old ones are retired, the waits parked again
--- (or answered).  Answers per wait: 'unknown', 'replaced', 'parked' or an item.
-local ttl, n_old = tonumber(ARGV[8]), tonumber(ARGV[9])
+-- arg 1..: session lifetime, count of old sessions, the old sessions, then
+-- (id, serial, window, gen) for every wait parked here.  A new session
+-- after a lost link: the acks held through the outage are applied (by the
+-- prologue), the old sessions retired, the waits registered again.
+-- Answers per wait: 'unknown', 'replaced' or 'ok' (its items come as events).
+local ttl, n_old = tonumber(arg(1)), tonumber(arg(2))
 local old = {}
-for k = 1, n_old do old[ARGV[9 + k]] = true end
-local i = 10 + n_old
-local results = {}
-for k = 10, 9 + n_old do
-  -- Parked waits re-registered below; the rest of the old session goes.
-  retire(ARGV[k])
+for k = 1, n_old do
+  old[arg(2 + k)] = true
+  retire(arg(2 + k))
 end
 call('ZADD', SESSIONS, NOW + ttl, S)
-while i <= #ARGV do
-  local id, serial, window = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  i = i + 3
+local results = {}
+local i = 3 + n_old
+while arg(i) do
+  local id, serial, window, gen = arg(i), arg(i + 1), arg(i + 2), arg(i + 3)
+  i = i + 4
   local p = pk(id)
   local w = call('HGET', p, 'wait')
   local ws = w and parse_wait(w)
   if call('EXISTS', p) == 0 then
     table.insert(results, 'unknown')
-  elseif ws and not old[ws] and alive(ws) then
+  elseif ws and ws ~= S and not old[ws] and alive(ws) then
     table.insert(results, 'replaced')
   else
-    if ws then unpark(id, ws) end
-    local e = take(id, S, window)
-    if e then
-      call('ZADD', DEADLINES, NOW + TIMEOUT, id)
-      table.insert(results, e)
-    else
-      call('HSET', p, 'wait', S .. '|' .. serial .. '|' .. window)
-      call('SADD', P .. 'parked:' .. S, id)
-      call('ZREM', DEADLINES, id)
-      table.insert(results, 'parked')
-    end
+    register(id, serial, window, gen, 0, true)
+    wake(id)
+    table.insert(results, 'ok')
   end
 end
 return reply(results)

@@ -1,5 +1,5 @@
--- ARGV[8..10]: name ('' for the default), token, candidate id ('' for the next of INCR).
-local name, token, candidate = ARGV[8], ARGV[9], ARGV[10]
+-- arg 1..3: name ('' for the default), token, candidate id ('' for the next of INCR).
+local name, token, candidate = arg(1), arg(2), arg(3)
 if call('ZCARD', ORDER) >= MAXP then return reply('full') end
 local id
 if candidate == '' then

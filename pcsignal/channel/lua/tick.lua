@@ -1,10 +1,10 @@
--- ARGV[8..9]: session lifetime, most peers to reap at once.
+-- arg 1..2: session lifetime, most peers to reap at once.
 -- Keeps this session registered, retires sessions whose instance stopped
 -- saying so, and removes peers past their deadline (each claimed once).
 local registered = call('ZSCORE', SESSIONS, S)
-call('ZADD', SESSIONS, NOW + tonumber(ARGV[8]), S)
+call('ZADD', SESSIONS, NOW + tonumber(arg(1)), S)
 for _, s in ipairs(call('ZRANGEBYSCORE', SESSIONS, '-inf', '(' .. NOW)) do retire(s) end
-local expired = call('ZRANGEBYSCORE', DEADLINES, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[9]))
+local expired = call('ZRANGEBYSCORE', DEADLINES, '-inf', NOW, 'LIMIT', 0, tonumber(arg(2)))
 local pending = {}
 for i = #expired, 1, -1 do table.insert(pending, {expired[i], 'timeout'}) end
 remove(pending)
