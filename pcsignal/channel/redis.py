@@ -130,10 +130,14 @@ def parse_item(raw: bytes) -> Delivery:
     return Delivery(Item(int(sender), rest[k:], rest[:k]), int(n))
 
 
+# Kinds of event (lua/common.lua has the same numbers); a sync is ours alone.
+_SYNC, _DELIVERY, _MOVED, _REMOVED, _NUDGE = 0, 1, 2, 3, 4
+
+
 class _Registration:
     """A peer whose waits come to this instance (this session)."""
 
-    __slots__ = ("serial", "window", "gen", "waiter", "held", "timer")
+    __slots__ = ("serial", "window", "gen", "waiter", "held", "timer", "live", "asked")
 
     def __init__(self, serial: int, window: int, gen: int):
         self.serial = serial
@@ -142,6 +146,8 @@ class _Registration:
         self.waiter: Optional[Deferred] = None  # the parked wait
         self.held: deque[Delivery] = deque()  # handed to us between two waits
         self.timer = None  # liveness, while no wait is parked
+        self.live = False  # Redis was told a wait is parked (notifications may come)
+        self.asked = False  # a notification waits for word of a parked wait
 
 
 @implementer(IChannel)
@@ -183,6 +189,7 @@ class RedisChannel:
         self._channel = (prefix + "i:" + self.uid).encode()
         self._epoch = itertools.count(1)
         self._session = ""
+        self._session_bytes = b""
         self._old_sessions: list[str] = []
         self._serials = itertools.count(1)
         self._regs: dict[int, _Registration] = {}
@@ -190,6 +197,7 @@ class RedisChannel:
         self._marks: dict[int, tuple[int, int]] = {}  # peer -> (serial, wait parked 1|0)
         self._ack_waiters: list[Deferred] = []
         self._flush_call = None
+        self._limits_args = (None, [])  # Limits, and their script arguments
         self._syncs: dict[str, Deferred] = {}
         self._starting: list[Deferred] = []
         self._started = False
@@ -200,7 +208,7 @@ class RedisChannel:
         self.waiting_count = 0
         self.queued_count = 0
         self.queued_bytes = 0
-        self.link = RedisLink(address, [self._channel], reactor, self._on_events,
+        self.link = RedisLink(address, [self._channel], reactor, self._on_message,
                               self._on_link, command_timeout)
         self.link.scripts.update(load_scripts())
         self._give_up_starting = None
@@ -321,13 +329,15 @@ class RedisChannel:
         if reg.held:
             delivery = reg.held.popleft()
             d = succeed(delivery)
-            self._mark(peer_id, reg, 0)
+            self._not_parked(peer_id, reg)
             self._arm(peer_id, reg)  # answered now; it has peer_timeout to come back
         else:
-            # Registered here already: its items come here as they exist, its
-            # notifications once Redis knows a wait is parked (the mark).
+            # Registered here already: its messages come here as they exist,
+            # its notifications once Redis hears that a wait is parked.
             d = self._park(peer_id, reg)
-            self._mark(peer_id, reg, 1)
+            if reg.asked:
+                self._tell_parked(peer_id, reg)
+                self._flush_soon(0)
         if reg.window != window:
             reg.window = window
             self._register(peer_id, reg, fresh=False)
@@ -400,7 +410,7 @@ class RedisChannel:
         """
         token = secrets.token_hex(8)
         d = self._syncs[token] = Deferred()
-        published = self._command("PUBLISH", self._channel, json.dumps([["z", token]]))
+        published = self._command("PUBLISH", self._channel, json.dumps([[_SYNC, token]]))
         published.addErrback(lambda f: (self._syncs.pop(token, None), f)[1])
         return published.addCallback(lambda _: d)
 
@@ -433,12 +443,15 @@ class RedisChannel:
             if self._flush_call is not None and self._flush_call.active():
                 self._flush_call.cancel()
         limits = self.limits
+        if limits is not self._limits_args[0]:
+            self._limits_args = (limits, [
+                repr(float(limits.peer_timeout)), limits.max_queue, limits.max_queued_bytes,
+                limits.max_peers])
         d = self.link.script(script, [
-            self.prefix, repr(self._clock.seconds()), self._session,
-            repr(float(limits.peer_timeout)), limits.max_queue, limits.max_queued_bytes,
-            limits.max_peers, " ".join(["%d %d" % a for a in acks.items()]),
+            self.prefix, repr(self._clock.seconds()), self._session, *self._limits_args[1],
+            " ".join(["%d %d" % a for a in acks.items()]) if acks else b"",
             " ".join(["%d %d %d" % (peer_id, serial, on)
-                      for peer_id, (serial, on) in marks.items()]), *args])
+                      for peer_id, (serial, on) in marks.items()]) if marks else b"", *args])
         d.addCallbacks(self._counted, self._not_carried, (waiters if carried else None,), None,
                        (acks, marks, waiters if carried else None))
         return d
@@ -450,7 +463,7 @@ class RedisChannel:
             self._log_removal(int(removed[i]), removed[i + 1].decode("utf-8"),
                               removed[i + 2].decode("ascii"))
         if r[4]:
-            self._on_events(r[4])
+            self._handle(r[4], self._session_bytes, bytes)
         if ack_waiters:
             for d in ack_waiters:
                 d.callback(None)
@@ -519,7 +532,7 @@ class RedisChannel:
             if reg.waiter is d:
                 self._unpark(reg)
                 if self._regs.get(peer_id) is reg:
-                    self._mark(peer_id, reg, 0)
+                    self._not_parked(peer_id, reg)
                     self._arm(peer_id, reg)
 
         self._disarm(reg)
@@ -527,10 +540,12 @@ class RedisChannel:
         self.waiting_count += 1
         return d
 
-    def _mark(self, peer_id: int, reg: _Registration, parked: int) -> None:
-        """Tell Redis, with the next script, whether a wait of the peer is parked here."""
-        self._marks[peer_id] = (reg.serial, parked)
-        self._flush_soon(self.ack_delay)
+    def _not_parked(self, peer_id: int, reg: _Registration) -> None:
+        """No wait parked any more: if Redis was told there is one, say it is gone."""
+        if reg.live:
+            reg.live = False
+            self._marks[peer_id] = (reg.serial, 0)
+            self._flush_soon(self.ack_delay)
 
     def _unpark(self, reg: _Registration) -> Deferred:
         d, reg.waiter = reg.waiter, None
@@ -568,9 +583,9 @@ class RedisChannel:
     def _register(self, peer_id: int, reg: _Registration, fresh: bool,
                   contest: bool = False) -> None:
         self._marks.pop(peer_id, None)  # the registration says it
+        reg.live = reg.waiter is not None
         d = self._script("wait", peer_id, reg.serial, reg.window, reg.gen,
-                         1 if fresh else 0, 1 if contest else 0,
-                         0 if reg.waiter is None else 1)
+                         1 if fresh else 0, 1 if contest else 0, 1 if reg.live else 0)
         d.addCallbacks(self._registered, self._not_registered, (peer_id, reg), None,
                        (peer_id, reg))
 
@@ -591,24 +606,29 @@ class RedisChannel:
 
     # -- internals: events ------------------------------------------------------------
 
-    def _on_events(self, message: bytes) -> None:
-        session = self._session
+    def _on_message(self, message: bytes) -> None:
+        """Events published to this instance (JSON; binary bodies as latin-1)."""
+        self._handle(json.loads(message.decode("latin-1")), self._session,
+                     lambda text: text.encode("latin-1"))
+
+    def _handle(self, events: list, session, as_bytes) -> None:
+        """Events for this session (those of a session that ended were settled when it was retired)."""
         flush = False
-        for event in json.loads(message.decode("latin-1")):
+        for event in events:
             kind = event[0]
-            if kind == "z":
+            if kind == _SYNC:
                 d = self._syncs.pop(event[1], None)
                 if d is not None:
                     d.callback(None)
             elif event[1] != session:
-                continue  # for a session that ended: settled when it was retired
-            elif kind == "d":
-                self._delivered(event[2], event[3], event[4], event[5].encode("latin-1"))
-            elif kind == "n":
-                flush = flush or event[2] in self._acks or event[2] in self._marks
-            elif kind == "r":
+                continue
+            elif kind == _DELIVERY:
+                self._delivered(event[2], event[3], event[4], as_bytes(event[5]))
+            elif kind == _NUDGE:
+                flush = self._nudged(event[2]) or flush
+            elif kind == _MOVED:
                 self._replaced(event[2], event[3], event[4], event[5])
-            elif kind == "x":
+            elif kind == _REMOVED:
                 self._removed(event[2], event[3])
         if flush:
             self._flush_soon(0)
@@ -622,12 +642,31 @@ class RedisChannel:
         delivery = parse_item(raw)
         if reg.waiter is not None:
             d = self._unpark(reg)
-            self._marks.pop(peer_id, None)  # Redis knows it is answered
+            reg.live = False  # Redis knows it is answered
+            self._marks.pop(peer_id, None)
             # Timer first: the callback may park the next wait at once.
             self._arm(peer_id, reg)
             d.callback(delivery)
         else:
             reg.held.append(delivery)
+
+    def _nudged(self, peer_id: int) -> bool:
+        """
+        An item for the peer waits on us: on an ack we hold, or (a
+        notification) on word that a wait is parked here.  True: flush now.
+        """
+        reg = self._regs.get(peer_id)
+        if reg is not None:
+            # Redis does not see a parked wait (whatever we told it before).
+            if reg.waiter is not None:
+                self._tell_parked(peer_id, reg)
+            else:
+                reg.asked = True  # the next wait parked here says so at once
+        return peer_id in self._acks or peer_id in self._marks
+
+    def _tell_parked(self, peer_id: int, reg: _Registration) -> None:
+        reg.live, reg.asked = True, False
+        self._marks[peer_id] = (reg.serial, 1)
 
     def _replaced(self, peer_id: int, serial: int, held: int, contest: int) -> None:
         """The peer's waits go to another instance now."""
@@ -685,7 +724,7 @@ class RedisChannel:
         self._stop_ticking()
         if self._session:
             self._old_sessions.append(self._session)
-            self._session = ""
+            self._session, self._session_bytes = "", b""
         self._marks.clear()  # waits parked are registered afresh
         for peer_id, reg in list(self._regs.items()):
             reg.held.clear()
@@ -695,10 +734,12 @@ class RedisChannel:
     def _begin_session(self):
         """Links up: a new session; the old ones are retired and the waits registered again."""
         self._session = "%s.%d" % (self.uid, next(self._epoch))
+        self._session_bytes = self._session.encode("ascii")
         old, regs = list(self._old_sessions), list(self._regs.items())
         args = [repr(self.session_ttl), len(old), *old]
         for peer_id, reg in regs:
             args += [peer_id, reg.serial, reg.window, reg.gen]
+            reg.live = True  # each has a wait parked
         d = self._script("resume", *args)
         d.addCallbacks(self._resumed, self._resume_failed, (old, regs))
 

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
 from twisted.internet import defer, protocol, task
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 
@@ -122,6 +123,16 @@ def unavailable(failure):
 class _Commands(txredisapi.RedisProtocol):
     keeper = None
 
+    def _build_command(self, *args, **kwargs):
+        # The hot path's encoding (txredisapi's own works byte by byte in a
+        # bytearray): every argument is bytes, str or int here.
+        parts = [b"*%d\r\n" % (len(args),)]
+        for arg in args:
+            if arg.__class__ is not bytes:
+                arg = (arg if arg.__class__ is str else str(arg)).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        return b"".join(parts)
+
     def connectionLost(self, why):
         txredisapi.RedisProtocol.connectionLost(self, why)
         if self.keeper is not None:
@@ -191,6 +202,10 @@ class _Keeper:
 
     def _handshake(self, proto):
         link = self.link
+        if ITCPTransport.providedBy(proto.transport):
+            # Commands are small and answered at once: never held back by
+            # Nagle's algorithm waiting for the previous one's ACK.
+            proto.transport.setTcpNoDelay(True)
         proto.sent = collections.deque()
         # Fails if the connection is lost first (see lost()) or takes too long.
         proto.handshake = handshake = defer.Deferred()

@@ -17,7 +17,9 @@ local function fk(id) return P .. 'f:' .. id end   -- list: in flight
 local function uk(id) return P .. 'u:' .. id end   -- hash: untold presence by subject
 
 -- Events for instances: this session's come back in the reply, the others'
--- go out with one PUBLISH per instance channel at the end.
+-- go out with one PUBLISH per instance channel at the end (JSON).  Each is
+-- {kind, session, peer id, ...}; the kinds (redis.py has the same numbers):
+local DELIVERY, MOVED, REMOVED, NUDGE = 1, 2, 3, 4
 local events, event_order, own = {}, {}, {}
 local removed = {}  -- id, name, why: for the caller to log
 
@@ -66,17 +68,16 @@ local function body_bytes(e)
   return b and tonumber(b) or 0
 end
 
-local function clear_holder(id)
-  local p = pk(id)
-  local h = call('HGET', p, 'holder')
-  if h then
-    call('SREM', P .. 'held:' .. h, id)
-    call('HDEL', p, 'holder')
-  end
+-- Items held for a member: queued (less the cancelled notifications among
+-- them) and in flight.
+local function held_count(id)
+  return call('LLEN', qk(id)) - tonumber(call('HGET', pk(id), 'void') or 0)
+    + call('LLEN', fk(id))
 end
 
 -- Everything in flight goes back to the head of the mailbox, in order,
--- keeping its numbers.
+-- keeping its numbers.  (The holder field stays: it means nothing while
+-- nothing is in flight.)
 local function requeue_all(id)
   local f, q = fk(id), qk(id)
   local moved = 0
@@ -86,7 +87,6 @@ local function requeue_all(id)
     call('LPUSH', q, e)
     moved = moved + 1
   end
-  clear_holder(id)
   return moved
 end
 
@@ -148,8 +148,12 @@ local function take(id, s, window, live)
       if live then call('HDEL', p, 'live') end  -- that wait is answered
       call('RPUSH', f, out)
       if inflight == 0 then
-        call('HSET', p, 'holder', s)
-        call('SADD', P .. 'held:' .. s, id)
+        local h = call('HGET', p, 'holder')
+        if h ~= s then
+          if h then call('SREM', P .. 'held:' .. h, id) end
+          call('HSET', p, 'holder', s)
+          call('SADD', P .. 'held:' .. s, id)
+        end
       end
       return out
     end
@@ -173,11 +177,12 @@ local function wake(id)
     if not e then
       if blocker and not nudged[id] and call('LLEN', qk(id)) > 0 then
         nudged[id] = true
-        emit(blocker, {'n', blocker, tonumber(id)})
+        emit(blocker, {NUDGE, blocker, tonumber(id)})
       end
       return
     end
-    emit(ws, {'d', ws, tonumber(id), serial, gen, e})
+    emit(ws, {DELIVERY, ws, tonumber(id), serial, gen, e})
+    if window == 1 then return end  -- full now: no need to look again
     live = false
   end
 end
@@ -191,7 +196,7 @@ local function register(id, serial, window, gen, contest, live)
     local ws, wserial = parse_wait(w)
     if ws ~= S then
       local held = (call('HGET', p, 'holder') == ws and call('LLEN', fk(id)) > 0) and 1 or 0
-      emit(ws, {'r', ws, tonumber(id), wserial, held, contest})
+      emit(ws, {MOVED, ws, tonumber(id), wserial, held, contest})
       call('SREM', P .. 'parked:' .. ws, id)
     end
   end
@@ -246,11 +251,8 @@ local function ack(id, n)
     end
   end
   if freed > 0 then
-    call('HINCRBY', p, 'count', 0 - freed)
-    call('HINCRBY', p, 'bytes', 0 - bytes)
     call('INCRBY', ITEMS, 0 - freed)
-    call('INCRBY', BYTES, 0 - bytes)
-    if call('LLEN', fk(id)) == 0 then clear_holder(id) end
+    if bytes > 0 then call('INCRBY', BYTES, 0 - bytes) end
     wake(id)
   end
 end
@@ -262,17 +264,15 @@ local function notify(m, subject, entry, joining)
   if untold then
     -- This change replaces the untold one; joined and left untold is nothing.
     call('HDEL', u, subject)
-    call('HINCRBY', p, 'count', -1)
     call('INCRBY', ITEMS, -1)
     call('HINCRBY', p, 'void', 1)
     compact(m)
     if not joining and string.sub(untold, -3) == ',1\n' then return true end
   end
-  if tonumber(call('HGET', p, 'count')) >= MAXQ then return false end
+  if held_count(m) >= MAXQ then return false end
   local e = 'p' .. subject .. ' ' .. call('INCR', SEQ) .. ' ' .. entry
   call('RPUSH', qk(m), e)
   call('HSET', u, subject, e)
-  call('HINCRBY', p, 'count', 1)
   call('INCRBY', ITEMS, 1)
   wake(m)
   return true
@@ -293,16 +293,20 @@ local function remove(pending)
     local top = table.remove(pending)
     local id, why = top[1], top[2]
     local p = pk(id)
-    local h = call('HMGET', p, 'name', 'count', 'bytes', 'wait', 'holder')
+    local h = call('HMGET', p, 'name', 'wait', 'holder')
     if h[1] then
-      call('INCRBY', ITEMS, 0 - tonumber(h[2]))
-      call('INCRBY', BYTES, 0 - tonumber(h[3]))
-      if h[4] then
-        local ws, serial = parse_wait(h[4])
-        call('SREM', P .. 'parked:' .. ws, id)
-        emit(ws, {'x', ws, tonumber(id), serial})
+      call('INCRBY', ITEMS, 0 - held_count(id))
+      local bytes = 0
+      for _, key in ipairs({qk(id), fk(id)}) do
+        for _, e in ipairs(call('LRANGE', key, 0, -1)) do bytes = bytes + body_bytes(e) end
       end
-      if h[5] then call('SREM', P .. 'held:' .. h[5], id) end
+      if bytes > 0 then call('INCRBY', BYTES, 0 - bytes) end
+      if h[2] then
+        local ws, serial = parse_wait(h[2])
+        call('SREM', P .. 'parked:' .. ws, id)
+        emit(ws, {REMOVED, ws, tonumber(id), serial})
+      end
+      if h[3] then call('SREM', P .. 'held:' .. h[3], id) end
       call('DEL', p, qk(id), fk(id), uk(id))
       call('ZREM', ORDER, id)
       call('ZREM', DEADLINES, id)
@@ -324,7 +328,7 @@ local function flush()
       if call('PUBLISH', ch, cjson.encode(batch[ch])) == 0 then
         for _, ev in ipairs(batch[ch]) do
           if call('ZSCORE', SESSIONS, ev[2]) then retire(ev[2]) end
-          if ev[1] == 'd' and call('HGET', pk(ev[3]), 'holder') == ev[2] then
+          if ev[1] == DELIVERY and call('HGET', pk(ev[3]), 'holder') == ev[2] then
             requeue_all(tostring(ev[3]))
           end
         end
@@ -334,13 +338,12 @@ local function flush()
 end
 
 -- Every reply: the counters (peers, items held, message bytes held), the
--- members removed (id, name, why, ...), this session's events (JSON, or ''),
--- then the script's own results.
+-- members removed (id, name, why, ...), this session's events, then the
+-- script's own results.
 local function reply(...)
   flush()
   local out = {call('ZCARD', ORDER), tonumber(call('GET', ITEMS) or 0),
-               tonumber(call('GET', BYTES) or 0), removed,
-               #own > 0 and cjson.encode(own) or ''}
+               tonumber(call('GET', BYTES) or 0), removed, own}
   for _, v in ipairs({...}) do table.insert(out, v) end
   return out
 end

@@ -16,7 +16,7 @@ for _, m in ipairs(call('ZRANGE', ORDER, 0, -1)) do
 end
 local full = {}
 notify_all(id, entry, true, full)
-call('HSET', pk(id), 'name', name, 'token', token, 'n', 0, 'count', 0, 'bytes', 0, 'void', 0)
+call('HSET', pk(id), 'name', name, 'token', token, 'n', 0, 'void', 0)
 call('ZADD', ORDER, call('INCR', SEQ), id)
 call('ZADD', DEADLINES, NOW + TIMEOUT, id)
 remove(full)
