@@ -137,7 +137,8 @@ _SYNC, _DELIVERY, _MOVED, _REMOVED, _NUDGE = 0, 1, 2, 3, 4
 class _Registration:
     """A peer whose waits come to this instance (this session)."""
 
-    __slots__ = ("serial", "window", "gen", "waiter", "held", "timer", "live", "asked")
+    __slots__ = ("serial", "window", "gen", "waiter", "held", "timer", "live", "asked",
+                 "notified")
 
     def __init__(self, serial: int, window: int, gen: int):
         self.serial = serial
@@ -148,6 +149,7 @@ class _Registration:
         self.timer = None  # liveness, while no wait is parked
         self.live = False  # Redis was told a wait is parked (notifications may come)
         self.asked = False  # a notification waits for word of a parked wait
+        self.notified = False  # the last item was a notification: more may follow
 
 
 @implementer(IChannel)
@@ -335,9 +337,11 @@ class RedisChannel:
             # Registered here already: its messages come here as they exist,
             # its notifications once Redis hears that a wait is parked.
             d = self._park(peer_id, reg)
-            if reg.asked:
+            if reg.asked or reg.notified:
+                # A notification waits, or may soon (sign-ins come in
+                # bursts): say a wait is parked, with the acks held.
                 self._tell_parked(peer_id, reg)
-                self._flush_soon(0)
+                self._flush_soon(self.ack_delay)
         if reg.window != window:
             reg.window = window
             self._register(peer_id, reg, fresh=False)
@@ -442,6 +446,8 @@ class RedisChannel:
             self._acks, self._marks, self._ack_waiters = {}, {}, []
             if self._flush_call is not None and self._flush_call.active():
                 self._flush_call.cancel()
+        if self.metrics is not None:
+            self.metrics.redis_scripts.labels(script).inc()
         limits = self.limits
         if limits is not self._limits_args[0]:
             self._limits_args = (limits, [
@@ -640,6 +646,7 @@ class RedisChannel:
             # after this delivery has put its item back.
             return
         delivery = parse_item(raw)
+        reg.notified = delivery.item.sender is None
         if reg.waiter is not None:
             d = self._unpark(reg)
             reg.live = False  # Redis knows it is answered

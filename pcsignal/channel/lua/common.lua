@@ -22,6 +22,7 @@ local function uk(id) return P .. 'u:' .. id end   -- hash: untold presence by s
 local DELIVERY, MOVED, REMOVED, NUDGE = 1, 2, 3, 4
 local events, event_order, own = {}, {}, {}
 local removed = {}  -- id, name, why: for the caller to log
+local items_delta = 0  -- the change of ITEMS, applied once in reply()
 
 local function instance_channel(session)
   return P .. 'i:' .. string.match(session, '^(.*)%.')
@@ -111,15 +112,13 @@ local retire
 -- Hand the oldest item out to session s: in flight until settled.  Nil and
 -- the session whose items in flight block it, if any do.  A notification
 -- goes only to a parked wait (live): until then it can still be coalesced.
-local function take(id, s, window, live)
+-- holder: the session the items in flight were handed to.
+local function take(id, s, window, live, holder)
   local p, f = pk(id), fk(id)
   local inflight = call('LLEN', f)
-  if inflight > 0 then
-    local h = call('HGET', p, 'holder')
-    if h ~= s then
-      if h and alive(h) then return nil, h end  -- settled by its holder first
-      inflight = inflight - requeue_all(id)
-    end
+  if inflight > 0 and holder ~= s then
+    if holder and alive(holder) then return nil, holder end  -- settled by its holder first
+    inflight = inflight - requeue_all(id)
   end
   if inflight >= window then return nil, s end
   local q = qk(id)
@@ -147,13 +146,10 @@ local function take(id, s, window, live)
     if out then
       if live then call('HDEL', p, 'live') end  -- that wait is answered
       call('RPUSH', f, out)
-      if inflight == 0 then
-        local h = call('HGET', p, 'holder')
-        if h ~= s then
-          if h then call('SREM', P .. 'held:' .. h, id) end
-          call('HSET', p, 'holder', s)
-          call('SADD', P .. 'held:' .. s, id)
-        end
+      if inflight == 0 and holder ~= s then
+        if holder then call('SREM', P .. 'held:' .. holder, id) end
+        call('HSET', p, 'holder', s)
+        call('SADD', P .. 'held:' .. s, id)
       end
       return out
     end
@@ -161,19 +157,20 @@ local function take(id, s, window, live)
 end
 
 -- Hand the registered instance every item its window allows.  If items in
--- flight block the way, nudge their holder once: it may sit on their ack.
+-- flight block the way, nudge their holder once: it may sit on their ack
+-- (or, for a notification, on word that a wait is parked).
 local nudged = {}
 local function wake(id)
-  local w = call('HGET', pk(id), 'wait')
-  if not w then return end
-  local ws, serial, window, gen = parse_wait(w)
+  local h = call('HMGET', pk(id), 'wait', 'live', 'holder')
+  if not h[1] then return end
+  local ws, serial, window, gen = parse_wait(h[1])
   if not alive(ws) then
     retire(ws)
     return
   end
-  local live = call('HGET', pk(id), 'live') == ws .. '|' .. serial
+  local live, holder = h[2] == ws .. '|' .. serial, h[3]
   while true do
-    local e, blocker = take(id, ws, window, live)
+    local e, blocker = take(id, ws, window, live, holder)
     if not e then
       if blocker and not nudged[id] and call('LLEN', qk(id)) > 0 then
         nudged[id] = true
@@ -183,7 +180,7 @@ local function wake(id)
     end
     emit(ws, {DELIVERY, ws, tonumber(id), serial, gen, e})
     if window == 1 then return end  -- full now: no need to look again
-    live = false
+    live, holder = false, ws
   end
 end
 
@@ -251,34 +248,35 @@ local function ack(id, n)
     end
   end
   if freed > 0 then
-    call('INCRBY', ITEMS, 0 - freed)
+    items_delta = items_delta - freed
     if bytes > 0 then call('INCRBY', BYTES, 0 - bytes) end
     wake(id)
   end
 end
 
--- Tell member m about subject; false if its mailbox is full.
+-- Tell member m about subject (the entry, unique by its serial); false if
+-- its mailbox is full.
 local function notify(m, subject, entry, joining)
   local p, u = pk(m), uk(m)
   local untold = call('HGET', u, subject)
   if untold then
     -- This change replaces the untold one; joined and left untold is nothing.
     call('HDEL', u, subject)
-    call('INCRBY', ITEMS, -1)
+    items_delta = items_delta - 1
     call('HINCRBY', p, 'void', 1)
     compact(m)
     if not joining and string.sub(untold, -3) == ',1\n' then return true end
   end
   if held_count(m) >= MAXQ then return false end
-  local e = 'p' .. subject .. ' ' .. call('INCR', SEQ) .. ' ' .. entry
-  call('RPUSH', qk(m), e)
-  call('HSET', u, subject, e)
-  call('INCRBY', ITEMS, 1)
+  call('RPUSH', qk(m), entry)
+  call('HSET', u, subject, entry)
+  items_delta = items_delta + 1
   wake(m)
   return true
 end
 
 local function notify_all(subject, entry, joining, full)
+  entry = 'p' .. subject .. ' ' .. call('INCR', SEQ) .. ' ' .. entry
   for _, m in ipairs(call('ZRANGE', ORDER, 0, -1)) do
     if not notify(m, subject, entry, joining) then
       table.insert(full, {m, 'dropped (mailbox full)'})
@@ -295,7 +293,7 @@ local function remove(pending)
     local p = pk(id)
     local h = call('HMGET', p, 'name', 'wait', 'holder')
     if h[1] then
-      call('INCRBY', ITEMS, 0 - held_count(id))
+      items_delta = items_delta - held_count(id)
       local bytes = 0
       for _, key in ipairs({qk(id), fk(id)}) do
         for _, e in ipairs(call('LRANGE', key, 0, -1)) do bytes = bytes + body_bytes(e) end
@@ -342,6 +340,7 @@ end
 -- script's own results.
 local function reply(...)
   flush()
+  if items_delta ~= 0 then call('INCRBY', ITEMS, items_delta) end
   local out = {call('ZCARD', ORDER), tonumber(call('GET', ITEMS) or 0),
                tonumber(call('GET', BYTES) or 0), removed, own}
   for _, v in ipairs({...}) do table.insert(out, v) end

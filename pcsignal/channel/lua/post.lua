@@ -6,7 +6,7 @@ if tonumber(call('GET', BYTES) or 0) + #body > MAXB then return reply('busy') en
 if held_count(to) >= MAXQ then return reply('full') end
 local ct = arg(3) == '1' and (#arg(4) .. ' ' .. arg(4)) or '- '
 call('RPUSH', qk(to), 'm' .. from .. ' ' .. #body .. ' ' .. ct .. body)
-call('INCRBY', ITEMS, 1)
+items_delta = items_delta + 1
 if #body > 0 then call('INCRBY', BYTES, #body) end
 wake(to)
 return reply('ok')
