@@ -11,9 +11,9 @@ The link to Redis under RedisChannel: an address, and two connections kept up.
   stops reconnecting for good after one), and the pub/sub connection
   subscribes again each time it is made.  While either is down, every
   command fails at once with StoreUnavailable (a 503), rather than hanging
-  until Redis returns; a command that Redis does not answer within
-  ``command_timeout`` drops the connection, which fails every command
-  waiting on it.  Each change of state is logged once.
+  until Redis returns; a connection on which Redis has answered nothing for
+  ``command_timeout`` while a command waits is dropped, which fails every
+  command waiting on it.  Each change of state is logged once.
 """
 
 from __future__ import annotations
@@ -154,12 +154,13 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 class _Keeper:
     """
     Keeps one connection up: connect, AUTH, SELECT, ``prepare``; on a
-    failure or a lost connection, again after a back-off delay (1 s doubling
-    to 10 s, with jitter).
+    failure or a lost connection, again after a back-off delay (0.25 s
+    doubling to 1 s, with jitter: a Redis that restarts is back in use
+    within about a second).
     """
 
-    initial_delay = 0.5
-    max_delay = 10.0
+    initial_delay = 0.25
+    max_delay = 1.0
 
     def __init__(self, link: "RedisLink", name: str, protocol_class, prepare: Callable):
         self.link = link
@@ -206,7 +207,8 @@ class _Keeper:
             # Commands are small and answered at once: never held back by
             # Nagle's algorithm waiting for the previous one's ACK.
             proto.transport.setTcpNoDelay(True)
-        proto.sent = collections.deque()
+        proto.sent = collections.deque()  # when each command waiting for its answer went
+        proto.answered = 0.0  # when the last answer came
         # Fails if the connection is lost first (see lost()) or takes too long.
         proto.handshake = handshake = defer.Deferred()
         steps = proto.whenConnected()
@@ -342,10 +344,10 @@ class RedisLink:
         d.addErrback(unavailable)
         return d
 
-    @staticmethod
-    def _answered(result, proto):
+    def _answered(self, result, proto):
         if proto.sent:
             proto.sent.popleft()
+        proto.answered = self.reactor.seconds()
         return result
 
     def script(self, name: str, args: list) -> defer.Deferred:
@@ -373,7 +375,11 @@ class RedisLink:
                                    consumeErrors=True).addErrback(lambda f: f.value.subFailure)
 
     def _check(self):
-        """Drop a connection whose oldest command has waited too long: Redis is stuck or gone."""
+        """
+        Drop a connection on which Redis has answered nothing for
+        command_timeout while a command waits: Redis is stuck or gone.  (A
+        Redis that answers, however long its queue, is only busy.)
+        """
         now = self.reactor.seconds()
         for keeper in (self._commands, self._subscriber):
             proto = keeper.proto
@@ -383,6 +389,6 @@ class RedisLink:
                 # Nothing else travels this way on its own: ask.
                 proto.sent.append(now)
                 proto.ping().addBoth(self._answered, proto).addErrback(lambda _: None)
-            elif proto.sent and now - proto.sent[0] > self.command_timeout:
+            elif proto.sent and now - max(proto.sent[0], proto.answered) > self.command_timeout:
                 keeper.reason = "no answer within %gs" % (self.command_timeout,)
                 proto.transport.abortConnection()

@@ -233,6 +233,7 @@ retire = function(session)
 end
 
 -- Items numbered up to n were read: forget them, in flight or requeued.
+-- True if that freed any (and the next was looked for).
 local function ack(id, n)
   local p = pk(id)
   if call('EXISTS', p) == 0 then return end
@@ -251,6 +252,7 @@ local function ack(id, n)
     items_delta = items_delta - freed
     if bytes > 0 then call('INCRBY', BYTES, 0 - bytes) end
     wake(id)
+    return true
   end
 end
 
@@ -347,6 +349,9 @@ local function reply(...)
   return out
 end
 
+-- The marks first (a wait parked, or no longer), then the acks, each of
+-- which may free the way for the next item: one look per peer.
+local marked = {}
 for id, serial, on in string.gmatch(ARGV[9], '(%d+) (%d+) (%d)') do
   local p = pk(id)
   local w = call('HGET', p, 'wait')
@@ -355,11 +360,14 @@ for id, serial, on in string.gmatch(ARGV[9], '(%d+) (%d+) (%d)') do
     if ws == S and wserial == tonumber(serial) then
       if on == '1' then
         call('HSET', p, 'live', S .. '|' .. serial)
-        wake(id)
+        marked[id] = true
       else
         call('HDEL', p, 'live')
       end
     end
   end
 end
-for id, n in string.gmatch(ARGV[8], '(%d+) (%d+)') do ack(id, tonumber(n)) end
+for id, n in string.gmatch(ARGV[8], '(%d+) (%d+)') do
+  if ack(id, tonumber(n)) then marked[id] = nil end
+end
+for id in pairs(marked) do wake(id) end
