@@ -358,6 +358,7 @@ def make_reloader(config, reactor, channel, site, endpoints, max_connections):
     reloader.register(_tls_part(endpoints))
     reloader.register(_turn_secret_part(config["turn-secret"]))
     reloader.register(restart_only("listen", "port", "internal-listen", "sequential-ids",
+                                   "redis", "redis-prefix",
                                    "state-file", "turn-secret-file", "turn-uris", "stun-uris",
                                    "turn-ttl"))
     return reloader

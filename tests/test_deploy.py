@@ -136,8 +136,27 @@ def test_instance_templates_share_one_port():
     assert unit_setting(socket_t, "ListenStream") == unit_setting(SOCKET, "ListenStream")
     assert unit_setting(socket_t, "FileDescriptorName") == "pcsignal"
     assert "pcsignal@%i.socket" in unit_setting(service_t, "Requires").split()
-    assert unit_setting(service_t, "ExecStart").startswith(
-        unit_setting(SERVICE, "ExecStart").split(" $PCSIGNAL_TLS")[0])
+    # pcsignal.service's command, with the instances' options file.
+    assert unit_setting(service_t, "ExecStart") == unit_setting(SERVICE, "ExecStart").replace(
+        "--config " + INSTALLED_CONFIG, "--config %d/instances.conf").replace(
+        "--listen systemd:", "--listen ${PCSIGNAL_PROXY}systemd:") + " $PCSIGNAL_INSTANCE_OPTIONS"
+    # Behind HAProxy, the listener expects the PROXY protocol.
+    env = dict(environment_file(DEFAULTS), PCSIGNAL_PROXY="haproxy:")
+    assert "haproxy:systemd:domain=INET6:name=pcsignal" in expand_command(
+        unit_setting(service_t, "ExecStart"), env)
+    assert environment_file(DEFAULTS)["PCSIGNAL_PROXY"] == ""
+    assert unit_setting(service_t, "LoadCredential") == (
+        "instances.conf:/etc/pcsignal/instances.conf")
+    assert unit_setting(service_t, "ExecReload") == unit_setting(SERVICE, "ExecReload")
+
+
+def test_instances_options_file_is_valid_and_uses_redis():
+    """etc/pcsignal-instances.conf parses as pcsignal's options: Redis, no state file."""
+    from pcsignal.server_tap import Options
+
+    options = Options()
+    options.parseOptions(["--config", os.path.join(ETC, "pcsignal-instances.conf")])
+    assert options["redis"].host == "127.0.0.1" and options["state-file"] is None
 
 
 def installed_config(directory):

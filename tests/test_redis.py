@@ -24,11 +24,16 @@ UNAVAILABLE = b"Service unavailable: the signaling store cannot be reached; try 
 
 
 class Instance:
-    """One ``twistd pcsignal --redis`` on a fixed loopback port (kept across restarts)."""
+    """
+    One ``twistd pcsignal --redis`` on fixed loopback ports (kept across
+    restarts): ``port`` for clients, ``proxy_port`` for HAProxy (PROXY protocol).
+    """
 
     def __init__(self, redis_url, prefix, *args, port=None):
         self.port = port or free_port()
+        self.proxy_port = free_port()
         self.argv = ["--listen", "tcp:%d:interface=127.0.0.1" % self.port,
+                     "--listen", "haproxy:tcp:%d:interface=127.0.0.1" % self.proxy_port,
                      "--redis", redis_url, "--redis-prefix", prefix, *args]
         self.process = None
         self.processes = []
@@ -105,7 +110,7 @@ def test_two_instances_behind_haproxy_survive_kill_and_restart(redis_server, ins
     prefix = "test:%s:" % secrets.token_hex(4)
     x = instances(redis_server.url, prefix)
     y = instances(redis_server.url, prefix)
-    balancer = Haproxy(tmp_path, [x.port, y.port]).start()
+    balancer = Haproxy(tmp_path, [x.proxy_port, y.proxy_port]).start()
     try:
         lb = balancer.url
         # Presence across instances: sign-ins alternate between x and y.
