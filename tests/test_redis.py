@@ -162,8 +162,15 @@ def _answer_or_error(url, peer):
         return {"error": e}
 
 
-def test_redis_stopped_and_started_under_a_parked_wait(instances, tmp_path):
-    """With a password, so a restart also proves AUTH is sent again."""
+def test_redis_restarted_under_a_parked_wait(instances, tmp_path):
+    """
+    Redis with persistence (appendonly) stopped and started again: 503 at
+    once meanwhile, service again within 2 s of Redis accepting connections,
+    nothing lost and nothing twice: the parked wait is served, the queued
+    messages come once each, and one read just before the stop (its ack
+    perhaps still held by the instance) does not come again.  With a
+    password, so the restart also proves AUTH is sent again.
+    """
     redis = RedisServer(tmp_path, password="s3cret").start()
     try:
         x = instances(redis.url, "pcsignal:")
@@ -173,8 +180,9 @@ def test_redis_stopped_and_started_under_a_parked_wait(instances, tmp_path):
         assert [wait(x.url, alice).body for _ in range(2)] == [
             b"bob,%d,1\n" % bob, b"carol,%d,1\n" % carol]
         assert wait(x.url, bob).body == b"carol,%d,1\n" % carol
-        for i in range(3):
+        for i in range(4):
             assert send(x.url, alice, carol, b"q%d" % i).status == 200
+        assert wait(x.url, carol).body == b"q0"
         got = {}
         t = threading.Thread(target=lambda: got.setdefault("item", wait(x.url, bob, 60)))
         t.start()
@@ -190,17 +198,17 @@ def test_redis_stopped_and_started_under_a_parked_wait(instances, tmp_path):
         assert health.status == 503 and health.body.startswith(b"unavailable: Redis")
 
         mark = len(x.process.lines)
-        started = time.monotonic()
         redis.start()
+        accepting = time.monotonic()
         x.process.wait_for_log(REDIS_UP, after=mark)
-        recovered = time.monotonic() - started
+        recovered = time.monotonic() - accepting
         assert native(x.url, "GET", "/healthz").status == 200
         # The wait parked before the outage is still parked, and served.
         assert send(x.url, alice, bob, b"after the outage").status == 200
         t.join(10)
         assert got["item"].body == b"after the outage"
         # Queued messages survived Redis's restart, once each, in order.
-        assert [wait(x.url, carol).body for _ in range(3)] == [b"q0", b"q1", b"q2"]
+        assert [wait(x.url, carol).body for _ in range(3)] == [b"q1", b"q2", b"q3"]
         parked_carol = {}
         t = threading.Thread(target=lambda: parked_carol.setdefault("item", wait(x.url, carol)))
         t.start()
@@ -211,9 +219,30 @@ def test_redis_stopped_and_started_under_a_parked_wait(instances, tmp_path):
         output = x.process.output()
         assert len(re.findall(r"Redis link down", output)) == 1
         assert len(re.findall(REDIS_UP, output)) == 2
-        assert recovered < 5, recovered
+        assert recovered < 2, recovered
     finally:
         redis.stop()
+
+
+def test_redis_not_there_at_start(tmp_path):
+    """503 at once and one log line while Redis is not there; service once it is, no restart."""
+    redis = RedisServer(tmp_path)
+    x = TwistdProcess("pcsignal", ["--listen", "tcp:0:interface=127.0.0.1", "--redis", redis.url])
+    try:
+        url = "http://127.0.0.1:%s" % x.wait_for_log(LISTENING).group("port")
+        x.wait_for_log(r"Redis at 127\.0\.0\.1:%d db 0 not reachable" % redis.port)
+        refused = native(url, "GET", "/sign_in?alice")
+        assert (refused.status, refused.body) == (503, UNAVAILABLE)
+        assert native(url, "GET", "/healthz").status == 503
+        redis.start()
+        x.wait_for_log(REDIS_UP)
+        assert native(url, "GET", "/healthz").status == 200
+        assert native(url, "GET", "/sign_in?alice").status == 200
+        assert len(re.findall(r"not reachable|Redis link down", x.output())) == 1, x.output()
+    finally:
+        assert x.stop() in (0, -15)
+        redis.stop()
+    assert "Traceback" not in x.output(), x.output()
 
 
 def test_refused_auth_is_retried_until_accepted(instances, tmp_path):
