@@ -199,6 +199,8 @@ class RedisChannel:
         self._marks: dict[int, tuple[int, int]] = {}  # peer -> (serial, wait parked 1|0)
         self._ack_waiters: list[Deferred] = []
         self._flush_call = None
+        self._flush_at = None  # when the acks and marks held must go at the latest
+        self._script_counters = {}  # script name -> its pcsignal_redis_scripts_total
         self._limits_args = (None, [])  # Limits, and their script arguments
         self._syncs: dict[str, Deferred] = {}
         self._starting: list[Deferred] = []
@@ -444,10 +446,12 @@ class RedisChannel:
         carried = bool(acks or marks or waiters)
         if carried:
             self._acks, self._marks, self._ack_waiters = {}, {}, []
-            if self._flush_call is not None and self._flush_call.active():
-                self._flush_call.cancel()
+            self._flush_at = None  # its timer, if any, finds nothing to do
         if self.metrics is not None:
-            self.metrics.redis_scripts.labels(script).inc()
+            counter = self._script_counters.get(script)
+            if counter is None:
+                counter = self._script_counters[script] = self.metrics.redis_scripts.labels(script)
+            counter.inc()
         limits = self.limits
         if limits is not self._limits_args[0]:
             self._limits_args = (limits, [
@@ -491,12 +495,27 @@ class RedisChannel:
         return failure
 
     def _flush_soon(self, delay: float) -> None:
-        if self._flush_call is None or not self._flush_call.active():
-            self._flush_call = self.link.reactor.callLater(delay, self._flush)
+        """Send the acks and marks held within delay, with a script or alone."""
+        reactor = self.link.reactor
+        at = reactor.seconds() + delay
+        if self._flush_at is None or at < self._flush_at:
+            self._flush_at = at
+        # One timer, moved only to fire earlier: no cancel and re-arm per ack.
+        call = self._flush_call
+        if call is None or not call.active():
+            self._flush_call = reactor.callLater(delay, self._flush)
+        elif call.getTime() > at:
+            call.reset(delay)
 
     def _flush(self) -> None:
         """Send the acks and marks held, alone: no other script went in time."""
-        if (self._acks or self._marks) and self.ready and not self._closed:
+        self._flush_call = None
+        if self._flush_at is None or not (self._acks or self._marks or self._ack_waiters):
+            return
+        wait = self._flush_at - self.link.reactor.seconds()
+        if wait > 0:
+            self._flush_call = self.link.reactor.callLater(wait, self._flush)
+        elif self.ready and not self._closed:
             self._forget("ack")
 
     def _when_started(self, method, args) -> Deferred:

@@ -123,6 +123,11 @@ def unavailable(failure):
 class _Commands(txredisapi.RedisProtocol):
     keeper = None
 
+    def tryConvertData(self, data):
+        # No charset, no number conversion: replies stay as hiredis parsed
+        # them (txredisapi would rebuild every list, element by element).
+        return data
+
     def _build_command(self, *args, **kwargs):
         # The hot path's encoding (txredisapi's own works byte by byte in a
         # bytearray): every argument is bytes, str or int here.
@@ -339,10 +344,8 @@ class RedisLink:
 
     def _send(self, proto, args):
         proto.sent.append(self.reactor.seconds())
-        d = proto.execute_command(*args)
-        d.addBoth(self._answered, proto)
-        d.addErrback(unavailable)
-        return d
+        return proto.execute_command(*args).addCallbacks(
+            self._answered, self._not_answered, (proto,), None, (proto,))
 
     def _answered(self, result, proto):
         if proto.sent:
@@ -350,19 +353,20 @@ class RedisLink:
         proto.answered = self.reactor.seconds()
         return result
 
+    def _not_answered(self, failure, proto):
+        self._answered(None, proto)
+        return unavailable(failure)
+
     def script(self, name: str, args: list) -> defer.Deferred:
         """EVALSHA a script loaded at connection; EVAL if Redis has forgotten it."""
         sha, source = self.scripts[name]
-        d = self.command("EVALSHA", sha, 0, *args)
+        return self.command("EVALSHA", sha, 0, *args).addErrback(self._reload, source, args)
 
-        def reload(failure):
-            failure.trap(txredisapi.ResponseError)
-            if not str(failure.value).startswith("NOSCRIPT"):
-                return failure
-            return self.command("EVAL", source, 0, *args)
-
-        d.addErrback(reload)
-        return d
+    def _reload(self, failure, source, args):
+        failure.trap(txredisapi.ResponseError)
+        if not str(failure.value).startswith("NOSCRIPT"):
+            return failure
+        return self.command("EVAL", source, 0, *args)
 
     def _prepare_commands(self, proto):
         loads = [proto.execute_command("SCRIPT", "LOAD", source)
@@ -388,7 +392,7 @@ class RedisLink:
             if keeper is self._subscriber and not proto.sent:
                 # Nothing else travels this way on its own: ask.
                 proto.sent.append(now)
-                proto.ping().addBoth(self._answered, proto).addErrback(lambda _: None)
+                proto.ping().addCallbacks(self._answered, self._not_answered, (proto,), None, (proto,)).addErrback(lambda _: None)
             elif proto.sent and now - max(proto.sent[0], proto.answered) > self.command_timeout:
                 keeper.reason = "no answer within %gs" % (self.command_timeout,)
                 proto.transport.abortConnection()
