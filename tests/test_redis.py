@@ -245,6 +245,27 @@ def test_redis_not_there_at_start(tmp_path):
     assert "Traceback" not in x.output(), x.output()
 
 
+def test_redis_that_answers_nothing_gets_503_not_a_hang(instances, tmp_path):
+    """Redis stopped dead (SIGSTOP): a request gets 503 within the 2 s deadline, then service resumes."""
+    redis = RedisServer(tmp_path).start()
+    try:
+        x = instances(redis.url, "pcsignal:")
+        alice, _ = sign_in(x.url, "alice")
+        redis.process.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        refused = native(x.url, "GET", "/sign_in?bob")
+        assert (refused.status, refused.body) == (503, UNAVAILABLE)
+        assert time.monotonic() - started < 4
+        x.process.wait_for_log(r"Redis link down \(.*no answer within 2s")
+        mark = len(x.process.lines)
+        redis.process.proc.send_signal(signal.SIGCONT)
+        x.process.wait_for_log(REDIS_UP, after=mark)
+        assert native(x.url, "GET", "/sign_out?peer_id=%d" % alice).status == 200
+    finally:
+        redis.process.proc.send_signal(signal.SIGCONT)
+        redis.stop()
+
+
 def test_refused_auth_is_retried_until_accepted(instances, tmp_path):
     """txredisapi's own factory stops for good after a failed AUTH; pcsignal retries."""
     redis = RedisServer(tmp_path, password="first").start()

@@ -11,9 +11,9 @@ The link to Redis under RedisChannel: an address, and two connections kept up.
   stops reconnecting for good after one), and the pub/sub connection
   subscribes again each time it is made.  While either is down, every
   command fails at once with StoreUnavailable (a 503), rather than hanging
-  until Redis returns; a connection on which Redis has answered nothing for
-  ``command_timeout`` while a command waits is dropped, which fails every
-  command waiting on it.  Each change of state is logged once.
+  until Redis returns; when Redis has sent nothing on either connection for
+  ``command_timeout`` while a command waits, the connection it waits on is
+  dropped, which fails every command waiting on it.  Each change of state is logged once.
 """
 
 from __future__ import annotations
@@ -147,6 +147,11 @@ class _Commands(txredisapi.RedisProtocol):
 class _Subscriber(txredisapi.SubscriberProtocol):
     keeper = None
 
+    def dataReceived(self, data):
+        if self.keeper is not None:
+            self.keeper.link.heard = self.keeper.link.reactor.seconds()
+        txredisapi.SubscriberProtocol.dataReceived(self, data)
+
     def messageReceived(self, pattern, channel, message):
         self.keeper.link.on_message(message)
 
@@ -213,7 +218,6 @@ class _Keeper:
             # Nagle's algorithm waiting for the previous one's ACK.
             proto.transport.setTcpNoDelay(True)
         proto.sent = collections.deque()  # when each command waiting for its answer went
-        proto.answered = 0.0  # when the last answer came
         # Fails if the connection is lost first (see lost()) or takes too long.
         proto.handshake = handshake = defer.Deferred()
         steps = proto.whenConnected()
@@ -265,7 +269,8 @@ class _Keeper:
             handshake.errback(why)
         elif proto is self.proto:
             self.proto = None
-            self.reason = "connection lost: %s" % (why.getErrorMessage(),)
+            self.reason = getattr(proto, "dropped", None) or \
+                "connection lost: %s" % (why.getErrorMessage(),)
             self.link.changed()
             self._schedule()
 
@@ -296,6 +301,7 @@ class RedisLink:
         self.on_state = on_state
         self.command_timeout = command_timeout
         self.up = False
+        self.heard = 0.0  # when Redis last sent anything, on either connection
         self._told = False  # on_state heard anything yet
         self._commands = _Keeper(self, "commands", _Commands, self._prepare_commands)
         self._subscriber = _Keeper(self, "pub/sub", _Subscriber, self._subscribe)
@@ -350,7 +356,7 @@ class RedisLink:
     def _answered(self, result, proto):
         if proto.sent:
             proto.sent.popleft()
-        proto.answered = self.reactor.seconds()
+        self.heard = self.reactor.seconds()
         return result
 
     def _not_answered(self, failure, proto):
@@ -380,9 +386,11 @@ class RedisLink:
 
     def _check(self):
         """
-        Drop a connection on which Redis has answered nothing for
-        command_timeout while a command waits: Redis is stuck or gone.  (A
-        Redis that answers, however long its queue, is only busy.)
+        Drop a connection with a command waiting when Redis has sent
+        nothing, on either connection, for command_timeout: Redis is stuck
+        or gone.  (A Redis that answers something, however long its queue of
+        scripts, is only busy: a PING on the pub/sub connection may wait
+        behind them while the other connection's answers come.)
         """
         now = self.reactor.seconds()
         for keeper in (self._commands, self._subscriber):
@@ -392,7 +400,8 @@ class RedisLink:
             if keeper is self._subscriber and not proto.sent:
                 # Nothing else travels this way on its own: ask.
                 proto.sent.append(now)
-                proto.ping().addCallbacks(self._answered, self._not_answered, (proto,), None, (proto,)).addErrback(lambda _: None)
-            elif proto.sent and now - max(proto.sent[0], proto.answered) > self.command_timeout:
-                keeper.reason = "no answer within %gs" % (self.command_timeout,)
+                proto.ping().addCallbacks(self._answered, self._not_answered, (proto,), None,
+                                          (proto,)).addErrback(lambda _: None)
+            elif proto.sent and now - max(proto.sent[0], self.heard) > self.command_timeout:
+                proto.dropped = "no answer within %gs" % (self.command_timeout,)
                 proto.transport.abortConnection()
