@@ -113,9 +113,9 @@ local retire
 -- the session whose items in flight block it, if any do.  A notification
 -- goes only to a parked wait (live): until then it can still be coalesced.
 -- holder: the session the items in flight were handed to.
-local function take(id, s, window, live, holder)
+local function take(id, s, window, live, holder, inflight)
   local p, f = pk(id), fk(id)
-  local inflight = call('LLEN', f)
+  inflight = inflight or call('LLEN', f)
   if inflight > 0 and holder ~= s then
     if holder and alive(holder) then return nil, holder end  -- settled by its holder first
     inflight = inflight - requeue_all(id)
@@ -160,7 +160,7 @@ end
 -- flight block the way, nudge their holder once: it may sit on their ack
 -- (or, for a notification, on word that a wait is parked).
 local nudged = {}
-local function wake(id)
+local function wake(id, inflight)
   local h = call('HMGET', pk(id), 'wait', 'live', 'holder')
   if not h[1] then return end
   local ws, serial, window, gen = parse_wait(h[1])
@@ -170,7 +170,7 @@ local function wake(id)
   end
   local live, holder = h[2] == ws .. '|' .. serial, h[3]
   while true do
-    local e, blocker = take(id, ws, window, live, holder)
+    local e, blocker = take(id, ws, window, live, holder, inflight)
     if not e then
       if blocker and not nudged[id] and call('LLEN', qk(id)) > 0 then
         nudged[id] = true
@@ -180,7 +180,7 @@ local function wake(id)
     end
     emit(ws, {DELIVERY, ws, tonumber(id), serial, gen, e})
     if window == 1 then return end  -- full now: no need to look again
-    live, holder = false, ws
+    live, holder, inflight = false, ws, nil
   end
 end
 
@@ -235,18 +235,29 @@ end
 -- Items numbered up to n were read: forget them, in flight or requeued.
 -- True if that freed any (and the next was looked for).
 local function ack(id, n)
-  local p = pk(id)
-  if call('EXISTS', p) == 0 then return end
+  local f = fk(id)
+  local inflight = call('LRANGE', f, 0, -1)  -- a window's worth at most
   local freed, bytes = 0, 0
-  for _, key in ipairs({fk(id), qk(id)}) do
+  for _, e in ipairs(inflight) do
+    if tonumber(string.match(e, '^(%d+)#')) > n then break end
+    freed = freed + 1
+    bytes = bytes + body_bytes(e)
+  end
+  if freed == #inflight then
+    if freed > 0 then call('DEL', f) end
+    -- Requeued items, at the head of the mailbox, all numbered above those
+    -- in flight.
+    local q = qk(id)
     while true do
-      local e = call('LINDEX', key, 0)
+      local e = call('LINDEX', q, 0)
       local en = e and tonumber(string.match(e, '^(%d+)#'))
       if not en or en > n then break end
-      call('LPOP', key)
+      call('LPOP', q)
       freed = freed + 1
       bytes = bytes + body_bytes(e)
     end
+  elseif freed > 0 then
+    call('LTRIM', f, freed, -1)
   end
   if freed > 0 then
     items_delta = items_delta - freed
@@ -269,11 +280,15 @@ local function notify(m, subject, entry, joining)
     compact(m)
     if not joining and string.sub(untold, -3) == ',1\n' then return true end
   end
-  if held_count(m) >= MAXQ then return false end
+  local queued, inflight = call('LLEN', qk(m)), call('LLEN', fk(m))
+  if queued + inflight >= MAXQ
+      and queued + inflight - tonumber(call('HGET', p, 'void') or 0) >= MAXQ then
+    return false
+  end
   call('RPUSH', qk(m), entry)
   call('HSET', u, subject, entry)
   items_delta = items_delta + 1
-  wake(m)
+  wake(m, inflight)
   return true
 end
 
