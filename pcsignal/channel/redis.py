@@ -406,7 +406,8 @@ class RedisChannel:
             return succeed(None)
         d = Deferred()
         self._ack_waiters.append(d)
-        self._flush()
+        if self.ready and not self._closed:
+            self._forget("ack")
         return d
 
     def sync(self) -> Deferred:
