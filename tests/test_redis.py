@@ -14,11 +14,13 @@ import threading
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import LISTENING, REDIS_UP, LoggedProcess, TwistdProcess
 from httpclients import native
 from pcsignal.channel.redis import load_scripts
 from redis_support import Haproxy, RedisServer, free_port
+from test_bench import run_bench
 
 UNAVAILABLE = b"Service unavailable: the signaling store cannot be reached; try again shortly."
 
@@ -370,3 +372,31 @@ def test_a_relayed_message_costs_one_script(redis_server, instances):
     assert calls["post"] == messages, calls
     assert set(calls) <= {"post", "ack"}, calls  # no wait script, nothing else
     assert calls["ack"] < messages / 2, calls  # most acks rode with a POST
+
+
+def scripts_run(url, script):
+    for family in text_string_to_metric_families(native(url, "GET", "/metrics").body.decode()):
+        for sample in family.samples:
+            if sample.name == "pcsignal_redis_scripts_total" and sample.labels["script"] == script:
+                return sample.value
+    return 0
+
+
+def test_bench_relay_across_two_instances(redis_server, instances):
+    """
+    pcsignal-bench relay --second-url: each pair has a peer on each
+    instance, so every message crosses; --extra-pid adds their CPU time.
+    """
+    prefix = "test:%s:" % secrets.token_hex(4)
+    x = instances(redis_server.url, prefix, "--sign-in-rate", "0")
+    y = instances(redis_server.url, prefix, "--sign-in-rate", "0")
+    code, result = run_bench(
+        x.url, "relay", "--pairs", "2", "--messages", "100", "--second-url", y.url,
+        "--server-pid", str(x.process.proc.pid), "--extra-pid", str(y.process.proc.pid),
+        "--extra-pid", str(redis_server.process.proc.pid))
+    assert code == 0 and result["errors"] == 0, result["error_samples"]
+    assert result["messages"] == 100 and result["second_url"] == y.url
+    assert result["delivery"]["lost"] == result["delivery"]["duplicated"] == 0
+    assert result["extra_cpu_seconds"] >= 0 and result["server_cpu_seconds"] > 0
+    # Half the messages were posted on each instance, each to the other's peer.
+    assert scripts_run(x.url, "post") == scripts_run(y.url, "post") == 50
