@@ -9,12 +9,13 @@ atomic, however many members a sign-in notifies.  Under the prefix
 
 ==================  ========================================================
 ``order``           sorted set: member ids by sign-in sequence
-``p:ID``            hash: name, token, n (last item number handed out),
-                    count and bytes (items and message bytes held), void
-                    (cancelled notifications still in ``q:``), wait (the
+``p:ID``            hash: name, token, n (last item number handed out), void
+                    (cancelled notifications still in ``q:``; the items held
+                    are ``q:`` less these, plus ``f:``), wait (the
                     registration, ``SESSION|SERIAL|WINDOW|GEN``: where the
-                    peer's items go), holder (the session its in-flight
-                    items were handed to)
+                    peer's items go), live (``SESSION|SERIAL`` while that
+                    instance has said a wait is parked), holder (the session
+                    its in-flight items were handed to)
 ``q:ID``            list: the mailbox, not yet handed out; requeued items
                     come back at its head with their numbers (``N#...``)
 ``f:ID``            list: in flight, ``N#ITEM``
@@ -22,7 +23,7 @@ atomic, however many members a sign-in notifies.  Under the prefix
 ``deadlines``       sorted set: peers registered nowhere, by deadline
 ``sessions``        sorted set: live instance sessions, by deadline
 ``parked:SESSION``  set: peers registered with a session
-``held:SESSION``    set: peers with items in flight handed to a session
+``held:SESSION``    set: peers whose items in flight went to a session
 ``items, bytes``    counters for every mailbox together (the limits)
 ``ids, seq``        counters: sequential ids, sign-in order and item serials
 ==================  ========================================================
@@ -35,16 +36,20 @@ registers it there (a script); from then on every item the peer may have
 (within its window) is handed to that instance as soon as it exists, and the
 peer's next waits on the same instance park locally, without a round trip.
 The instance keeps the peer's liveness timer while no wait is parked, and
-holds items that arrive between two waits for the next one.  A wait on
-another instance moves the registration (the old one hears ``r`` and gives
-back what it holds); a balancer that keeps a peer on one instance (HAProxy
-``balance url_param peer_id``, ``etc/haproxy/haproxy.cfg``) makes moves rare.
+holds messages that arrive between two waits for the next one.  A
+notification goes out only to a parked wait (``live``: until then it can
+still be coalesced); the instance says so with its next script, or at once
+when a script nudges it.  A wait on another instance moves the registration
+(the old one hears that and gives back what it holds); a balancer that
+keeps a client on one instance (``etc/haproxy/haproxy.cfg``) makes moves
+rare.
 
 *Acks ride along.*  ``ack`` records the number here and answers once a
-script carrying it has run: every script carries every ack this instance
-holds, applied first, and a short timer (``ack_delay``) sends them alone if
-no script goes sooner; a script that finds a peer's next item held up by an
-unacked one nudges (``n``) the instance holding the ack.  A relayed message
+script carrying it has run: every script carries every ack (and parked-wait
+mark) this instance holds, applied first, and a short timer (``ack_delay``)
+sends them alone if no script goes sooner; a script that finds a peer's next
+item held up by an unacked one, or a notification by a wait Redis does not
+know is parked, nudges the instance that can tell.  A relayed message
 thus costs one script: the POST's, which also carries the sender's ack of the
 message it answers.  Acks held when the link drops are applied when it comes
 back, before anything is put back; an instance that dies loses the acks it
@@ -52,9 +57,9 @@ held, and those items, already read, are delivered again.
 
 An instance subscribes to one channel of its own, ``i:UID`` (not one per
 peer, so subscriptions grow with instances): a script publishes there the
-events (``d`` delivery, ``r`` registration moved, ``x`` peer removed, ``n``
-nudge) for that instance's sessions, in the same round trip, and returns
-those for its caller in its reply.  A *session* is one unbroken stay of an
+events (delivery, registration moved, peer removed, nudge) for that
+instance's sessions, in the same round trip, and returns those for its
+caller in its reply.  A *session* is one unbroken stay of an
 instance on Redis: it ends when a link drops or the instance dies, and
 whatever was handed to it and not acked is put back for the next wait, by
 the instance itself when it returns or by whichever instance notices first
