@@ -52,6 +52,10 @@ class ServerMetrics:
             "pcsignal_unsettled_deliveries",
             "/wait answers written whose connection has not yet shown whether they were read.",
             registry=r)
+        self.redis_scripts = Counter(
+            "pcsignal_redis_scripts",
+            "Lua scripts run on Redis (--redis), by script: each one round trip.",
+            ["script"], registry=r)
         self.slow_peers_dropped = Counter(
             "pcsignal_slow_peers_dropped",
             "Peers dropped because a notification found their mailbox full.", registry=r)

@@ -28,6 +28,8 @@ from twisted.python import usage
 from pcsignal import ice, logs, __version__, state
 from pcsignal.channel import Limits, random_ids, sequential_ids
 from pcsignal.channel.memory import MemoryChannel
+from pcsignal.channel.redis import RedisChannel
+from pcsignal.channel.redis_link import parse_redis_url
 from pcsignal.fds import default_max_connections, raise_open_files_limit
 from pcsignal.listeners import ListenerService, check_endpoint
 from pcsignal.metrics import ServerMetrics
@@ -100,6 +102,12 @@ class Options(CheckedOptions):
         ["max-connections", None, None, "Most client connections open at once; beyond it "
          "new ones are closed at once. Default: 90% of the open-files limit, which "
          "pcsignal raises to its hard limit at start.", positive_int],
+        ["redis", None, None, "Keep peers, mailboxes and liveness in this Redis, shared "
+         "with every pcsignal on it: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], "
+         "rediss://... (TLS), unix:///PATH[?db=N&password=P] or a socket path. Default: "
+         "in this process's memory.", parse_redis_url],
+        ["redis-prefix", None, "pcsignal:", "Prefix of every Redis key and channel, so "
+         "several deployments can share one Redis."],
         ["log-level", None, "info", "Least severe pcsignal events logged: debug (adds "
          "one line per message relayed; never bodies), info (sign-in, sign-out, "
          "timeouts, refusals), warn, error, critical."],
@@ -350,6 +358,7 @@ def make_reloader(config, reactor, channel, site, endpoints, max_connections):
     reloader.register(_tls_part(endpoints))
     reloader.register(_turn_secret_part(config["turn-secret"]))
     reloader.register(restart_only("listen", "port", "internal-listen", "sequential-ids",
+                                   "redis", "redis-prefix",
                                    "state-file", "turn-secret-file", "turn-uris", "stun-uris",
                                    "turn-ttl"))
     return reloader
@@ -359,16 +368,20 @@ def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     logs.set_level(config["log-level"])
-    channel = MemoryChannel(
-        reactor,
-        Limits(
-            peer_timeout=config["peer-timeout"],
-            max_peers=config["max-peers"],
-            max_queue=config["max-queue"],
-            max_queued_bytes=config["max-queued-bytes"],
-        ),
-        new_id=sequential_ids() if config["sequential-ids"] else random_ids(),
+    limits = Limits(
+        peer_timeout=config["peer-timeout"],
+        max_peers=config["max-peers"],
+        max_queue=config["max-queue"],
+        max_queued_bytes=config["max-queued-bytes"],
     )
+    if config["redis"] is not None:
+        channel = RedisChannel(reactor, config["redis"], limits,
+                               sequential=config["sequential-ids"],
+                               prefix=config["redis-prefix"], reactor=reactor)
+    else:
+        channel = MemoryChannel(
+            reactor, limits,
+            new_id=sequential_ids() if config["sequential-ids"] else random_ids())
     channel.metrics = metrics = ServerMetrics(channel)
     open_files = raise_open_files_limit()
     max_connections = config["max-connections"] or default_max_connections(open_files)

@@ -49,6 +49,7 @@ from twisted.internet.interfaces import IReactorTime, ISystemHandle
 from twisted.python.failure import Failure
 
 from pcsignal import logs
+from pcsignal.channel import ChannelError
 
 # How long a connection may say nothing after an answer before the answer
 # counts as read.  A client that read it says something much sooner (its
@@ -176,6 +177,10 @@ class Deliveries:
         return d
 
     def _failed(self, failure: Failure, peer_id: int, read: bool) -> None:
+        if failure.check(ChannelError):
+            # A refusal (the store is away, the server stops): the channel
+            # logged its state once; an ack it holds is applied when it can.
+            return
         _log.failure("settling the answer to {peer_id} as {outcome} failed", failure,
                      peer_id=peer_id, outcome="read" if read else "unread")
 

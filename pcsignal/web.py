@@ -39,6 +39,7 @@ from pcsignal.channel import (
     ServerBusy,
     ServerFull,
     ShuttingDown,
+    StoreUnavailable,
     UnknownPeer,
     WaitReplaced,
 )
@@ -66,6 +67,7 @@ _STATUS = {
     MailboxFull: (503, b"Service Unavailable"),
     ServerBusy: (503, b"Service Unavailable"),
     ShuttingDown: (503, b"Service Unavailable"),
+    StoreUnavailable: (503, b"Service Unavailable"),
     WaitReplaced: (409, b"Conflict"),
 }
 _REJECTION_REASON = {
@@ -74,6 +76,7 @@ _REJECTION_REASON = {
     MailboxFull: "mailbox_full",
     ServerBusy: "queued_bytes_full",
     ShuttingDown: "shutting_down",
+    StoreUnavailable: "store_unavailable",
     WaitReplaced: "wait_replaced",
 }
 
@@ -715,7 +718,12 @@ class Healthz(Endpoint):
     methods = (b"GET", b"HEAD")
 
     def handle(self, request):
-        respond(request, 200, b"OK", b"ok %d peers\n" % (self.channel.peer_count,))
+        problem = self.channel.problem  # e.g. its Redis cannot be reached
+        if problem is not None:
+            respond(request, 503, b"Service Unavailable", b"unavailable: %s\n"
+                    % (problem.encode("utf-8"),))
+        else:
+            respond(request, 200, b"OK", b"ok %d peers\n" % (self.channel.peer_count,))
 
 
 class Metrics(Endpoint):

@@ -37,10 +37,15 @@ class TwistdProcess(LoggedProcess):
 
 
 @pytest.fixture
-def run_twistd():
+def run_twistd(request):
     started = []
+    backend = None
+    if "pcsignal_backend" in request.fixturenames:
+        backend = request.getfixturevalue("pcsignal_backend")
 
     def run(plugin, *args, env=None):
+        if plugin == "pcsignal" and backend is not None:
+            args = tuple(args) + backend()
         p = TwistdProcess(plugin, args, env)
         started.append(p)
         return p
@@ -52,6 +57,7 @@ def run_twistd():
             p.proc.wait()
 
 
+REDIS_UP = r"Redis link up: "
 LISTENING = r"pcsignal listening on (?P<host>[0-9.:a-f\[\]]+):(?P<port>\d+)"
 
 
@@ -61,6 +67,8 @@ def start_pcsignal(run_twistd, *args, env=None):
         args = ("--listen", "tcp:0:interface=127.0.0.1") + tuple(args)
     p = run_twistd("pcsignal", *args, env=env)
     m = p.wait_for_log(LISTENING)
+    if "--redis" in p.proc.args:
+        p.wait_for_log(REDIS_UP)
     return p, "http://127.0.0.1:%s" % (m.group("port"),)
 
 
@@ -101,3 +109,29 @@ def loopback_ice():
     restrict_host_addresses(["127.0.0.1"])
     yield
     restrict_host_addresses(None)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One redis-server for the session; tests keep apart by key prefix."""
+    from redis_support import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def pcsignal_backend(request):
+    """
+    Where a module's ``twistd pcsignal`` keeps its state (modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("pcsignal_backend")``): a
+    callable giving the extra arguments for one server, a fresh Redis key
+    prefix each, so that every server starts empty.
+    """
+    if request.param == "memory":
+        return lambda: ()
+    import secrets
+
+    url = request.getfixturevalue("redis_server").url
+    return lambda: ("--redis", url, "--redis-prefix", "test:%s:" % secrets.token_hex(4))

@@ -9,6 +9,7 @@ a server).  Tests await every result, so the same tests hold for channels
 whose answers take time.
 """
 
+import secrets
 from dataclasses import replace
 
 import pytest
@@ -21,6 +22,8 @@ from pcsignal.channel import (
     UnknownPeer, WaitReplaced, notification, random_ids, sequential_ids,
 )
 from pcsignal.channel.memory import MemoryChannel
+from pcsignal.channel.redis import RedisChannel
+from pcsignal.channel.redis_link import parse_redis_url
 
 LIMITS = Limits(peer_timeout=30, max_peers=5, max_queue=3, max_queued_bytes=1000)
 
@@ -42,12 +45,47 @@ class MemoryHarness:
         pass
 
 
-HARNESSES = {"memory": MemoryHarness}
+class RedisHarness:
+    """RedisChannels on the session's redis-server, each under its own prefix."""
+
+    def __init__(self, redis_server):
+        self.clock = Clock()
+        self.url = redis_server.url
+        self.channels = []
+
+    def make(self, limits=LIMITS, new_id=None):
+        channel = RedisChannel(self.clock, parse_redis_url(self.url), limits, new_id=new_id,
+                               sequential=new_id is None,
+                               prefix="test:%s:" % secrets.token_hex(4))
+        self.channels.append(channel)
+        return channel
+
+    async def settle(self, channel):
+        # The acks it holds sent, then a round trip through Redis and back
+        # over pub/sub, until nothing asked of Redis is still unanswered.
+        await channel.flush()
+        while True:
+            await channel.sync()
+            if not channel.link.busy:
+                return
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+
+    async def close(self):
+        for channel in self.channels:
+            await channel.close()
+
+
+HARNESSES = {"memory": MemoryHarness, "redis": RedisHarness}
 
 
 @pytest_twisted.async_yield_fixture(params=sorted(HARNESSES))
 async def harness(request):
-    h = HARNESSES[request.param]()
+    if request.param == "redis":
+        h = RedisHarness(request.getfixturevalue("redis_server"))
+    else:
+        h = HARNESSES[request.param]()
     yield h
     await h.close()
 
@@ -531,14 +569,15 @@ async def test_queued_message_bytes_are_capped_for_the_whole_server(harness):
     assert channel.queued_bytes == 0
 
 
-def test_long_names_are_clipped_in_log_lines(harness):
+@pytest_twisted.ensureDeferred
+async def test_long_names_are_clipped_in_log_lines(harness):
     from twisted.logger import formatEvent, globalLogPublisher
 
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
         channel = harness.make()
-        channel.sign_in(b"n" * 512)
+        await channel.sign_in(b"n" * 512)
     finally:
         globalLogPublisher.removeObserver(events.append)
     lines = [formatEvent(e) for e in events if "sign-in" in e.get("log_format", "")]

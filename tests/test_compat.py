@@ -31,6 +31,8 @@ import pcsignal
 from conftest import start_pcsignal
 from httpclients import address, native, native_raw, parked_waits_become, parse_answer
 
+pytestmark = pytest.mark.usefixtures("pcsignal_backend")
+
 TRANSCRIPT = os.path.join(os.path.dirname(__file__), "data", "peerconnection_server-transcript.txt")
 
 

@@ -18,7 +18,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import LISTENING, TwistdProcess, start_pcsignal
+from conftest import LISTENING, REDIS_UP, TwistdProcess, start_pcsignal
 from deploy_support import write_certificate_chain
 from httpclients import (Peer, address, native, parked_waits_become, read_answer, read_to_end,
                          reset)
@@ -26,14 +26,24 @@ from pcsignal.settle import QUIET_SECONDS
 
 MAX_BODY = 256 * 1024
 
+pytestmark = pytest.mark.usefixtures("pcsignal_backend")
+
+
+def started(proc):
+    m = proc.wait_for_log(LISTENING)
+    if "--redis" in proc.proc.args:
+        proc.wait_for_log(REDIS_UP)
+    return m
+
 
 @pytest.fixture(scope="module")
-def url():
+def url(pcsignal_backend):
     proc = TwistdProcess("pcsignal", [
         "--listen", "tcp:0:interface=127.0.0.1", "--max-message-bytes", str(MAX_BODY),
         "--sign-in-rate", "0",  # some 80 sign-ins from one address
+        *pcsignal_backend(),
     ])
-    m = proc.wait_for_log(LISTENING)
+    m = started(proc)
     yield "http://127.0.0.1:%s" % m.group("port")
     assert proc.stop() in (0, -15)
     assert "Traceback" not in proc.output(), proc.output()
@@ -372,15 +382,16 @@ def test_many_clients_of_every_kind_at_once(url):
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory):
+def tls(tmp_path_factory, pcsignal_backend):
     """pcsignal on an ssl: endpoint: (base URL, client SSLContext)."""
     directory = str(tmp_path_factory.mktemp("tls"))
     ca_pem, _ = write_certificate_chain(directory)
     proc = TwistdProcess("pcsignal", [
         "--listen", "ssl:0:interface=127.0.0.1:privateKey=%s/privkey.pem:certKey=%s/cert.pem:"
         "extraCertChain=%s/chain.pem" % (directory, directory, directory),
+        *pcsignal_backend(),
     ])
-    m = proc.wait_for_log(LISTENING)
+    m = started(proc)
     context = ssl.create_default_context(cadata=ca_pem.decode())
     yield "https://127.0.0.1:%s" % m.group("port"), context
     assert proc.stop() in (0, -15)

@@ -46,7 +46,8 @@ from deploy_support import (
     unit_settings,
 )
 
-UNITS = ["pcsignal.socket", "pcsignal.service", "pcpeer@.service"]
+UNITS = ["pcsignal.socket", "pcsignal.service", "pcpeer@.service", "pcsignal@.socket",
+         "pcsignal@.service"]
 SERVICE = os.path.join(ETC, "pcsignal.service")
 SOCKET = os.path.join(ETC, "pcsignal.socket")
 LOOPBACK = os.path.join(ETC, "pcsignal.socket.d", "loopback.conf")
@@ -74,6 +75,8 @@ def test_systemd_analyze_verify_accepts_units(unit_dir):
         os.path.join(unit_dir, "pcsignal.service"),
         # A template is verified through an instance.
         os.path.join(unit_dir, "pcpeer@example.service"),
+        os.path.join(unit_dir, "pcsignal@1.socket"),
+        os.path.join(unit_dir, "pcsignal@1.service"),
     ]
     result = run([analyze, "verify", *paths])
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
@@ -100,7 +103,8 @@ def exposure(unit_dir, unit):
     return float(m.group(1))
 
 
-@pytest.mark.parametrize("unit", ["pcsignal.service", "pcpeer@example.service"])
+@pytest.mark.parametrize("unit", [
+    "pcsignal.service", "pcpeer@example.service", "pcsignal@1.service"])
 def test_services_are_hardened(unit_dir, unit):
     """systemd-analyze security: exposure 2.0 or lower (0 safest, 10 worst)."""
     assert exposure(unit_dir, unit) <= MAX_EXPOSURE
@@ -121,6 +125,38 @@ def test_socket_and_service_agree():
     # The loopback.conf drop-in resets the address list to one IPv6 address.
     assert [v for k, v in unit_settings(LOOPBACK) if k == "ListenStream"] == ["", "[::1]:8888"]
     assert "pcsignal.socket" in unit_setting(SERVICE, "Requires").split()
+
+
+def test_instance_templates_share_one_port():
+    """pcsignal@N.socket: the same port for every instance, SO_REUSEPORT, the
+    name the service adopts; the service runs what pcsignal.service runs."""
+    socket_t = os.path.join(ETC, "pcsignal@.socket")
+    service_t = os.path.join(ETC, "pcsignal@.service")
+    assert unit_setting(socket_t, "ReusePort") == "yes"
+    assert unit_setting(socket_t, "ListenStream") == unit_setting(SOCKET, "ListenStream")
+    assert unit_setting(socket_t, "FileDescriptorName") == "pcsignal"
+    assert "pcsignal@%i.socket" in unit_setting(service_t, "Requires").split()
+    # pcsignal.service's command, with the instances' options file.
+    assert unit_setting(service_t, "ExecStart") == unit_setting(SERVICE, "ExecStart").replace(
+        "--config " + INSTALLED_CONFIG, "--config %d/instances.conf").replace(
+        "--listen systemd:", "--listen ${PCSIGNAL_PROXY}systemd:") + " $PCSIGNAL_INSTANCE_OPTIONS"
+    # Behind HAProxy, the listener expects the PROXY protocol.
+    env = dict(environment_file(DEFAULTS), PCSIGNAL_PROXY="haproxy:")
+    assert "haproxy:systemd:domain=INET6:name=pcsignal" in expand_command(
+        unit_setting(service_t, "ExecStart"), env)
+    assert environment_file(DEFAULTS)["PCSIGNAL_PROXY"] == ""
+    assert unit_setting(service_t, "LoadCredential") == (
+        "instances.conf:/etc/pcsignal/instances.conf")
+    assert unit_setting(service_t, "ExecReload") == unit_setting(SERVICE, "ExecReload")
+
+
+def test_instances_options_file_is_valid_and_uses_redis():
+    """etc/pcsignal-instances.conf parses as pcsignal's options: Redis, no state file."""
+    from pcsignal.server_tap import Options
+
+    options = Options()
+    options.parseOptions(["--config", os.path.join(ETC, "pcsignal-instances.conf")])
+    assert options["redis"].host == "127.0.0.1" and options["state-file"] is None
 
 
 def installed_config(directory):

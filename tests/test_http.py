@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import LISTENING, TwistdProcess, start_pcsignal
+from conftest import LISTENING, REDIS_UP, TwistdProcess, start_pcsignal
 from httpclients import Browser, Peer, native, parked_waits_become, read_to_end
 
 MAX_BODY = 1024
@@ -24,15 +24,21 @@ REQUEST_TIMEOUT = 1.0
 IDLE_TIMEOUT = 2.0
 
 
+pytestmark = pytest.mark.usefixtures("pcsignal_backend")
+
+
 @pytest.fixture(scope="module")
-def server():
+def server(pcsignal_backend):
     proc = TwistdProcess("pcsignal", [
         "--listen", "tcp:0:interface=127.0.0.1",
         "--max-message-bytes", str(MAX_BODY), "--max-queue", str(MAX_QUEUE),
         "--max-peers", str(MAX_PEERS), "--peer-timeout", str(PEER_TIMEOUT),
         "--request-timeout", str(REQUEST_TIMEOUT), "--idle-timeout", str(IDLE_TIMEOUT),
+        *pcsignal_backend(),
     ])
     m = proc.wait_for_log(LISTENING)
+    if "--redis" in proc.proc.args:
+        proc.wait_for_log(REDIS_UP)
     yield proc, "http://127.0.0.1:%s" % m.group("port")
     assert proc.stop() in (0, -15)  # twistd re-raises SIGTERM after a clean stop
     assert "Traceback" not in proc.output(), proc.output()

@@ -8,10 +8,13 @@ import subprocess
 import threading
 import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, TWISTD, start_pcsignal
 from httpclients import native
+
+pytestmark = pytest.mark.usefixtures("pcsignal_backend")
 
 
 def metric(url, name, labels=None):

@@ -267,16 +267,20 @@ class Crowd:
     def signed_in(self) -> int:
         return len(self._ids)
 
-    def add(self, name: str) -> BenchPeer:
-        peer = BenchPeer(self.session, self.base, name)
+    def add(self, name: str, base: Optional[str] = None) -> BenchPeer:
+        """A new peer, speaking to the crowd's server or to ``base``."""
+        peer = BenchPeer(self.session, (base or self.base).rstrip("/"), name)
         peer.on_notification = self._notified
         peer.on_lost = self._lost
         self.peers.append(peer)
         return peer
 
-    def add_many(self, count: int) -> list[BenchPeer]:
+    def add_many(self, count: int, bases: Iterable[Optional[str]] = (None,)) -> list[BenchPeer]:
+        """count new peers, spread in turn over the servers at bases (default: the crowd's)."""
         start = len(self.peers)
-        return [self.add("%s-%d" % (self.prefix, start + i)) for i in range(count)]
+        bases = list(bases)
+        return [self.add("%s-%d" % (self.prefix, start + i), bases[i % len(bases)])
+                for i in range(count)]
 
     def park(self, peer: BenchPeer) -> None:
         """Count a signed-in peer in and park its first /wait."""

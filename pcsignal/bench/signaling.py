@@ -11,6 +11,9 @@ pcsignal.bench.peers).  Three scenarios:
   latency (POST sent -> receiver's /wait answered); per receiver, every
   message received once and in order, also when a fraction of the waits
   are abandoned (``--abandon``).
+  With ``--second-url`` each pair has a peer on each of two servers
+  (instances sharing one Redis), so every message crosses from one to the
+  other.
 - ``storm``: N peers sign in one after another, each parking its /wait at
   once, until every peer knows every other; seconds and notification
   pushes/s, errors, peers the server timed out or forgot.
@@ -114,6 +117,23 @@ def _share(total: Optional[int], parts: int, index: int) -> Optional[int]:
 # -- scenarios -------------------------------------------------------------------
 
 
+class CpuMeter:
+    """CPU seconds spent by processes on this machine (servers, redis-server) since start()."""
+
+    def __init__(self, processes: list[ProcessStats]):
+        self.processes = processes
+        self._before = 0.0
+
+    def _total(self) -> float:
+        return sum(p.cpu_seconds() for p in self.processes)
+
+    def start(self) -> None:
+        self._before = self._total()
+
+    def seconds(self) -> float:
+        return round(self._total() - self._before, 2)
+
+
 async def relay(
     url: str,
     pairs: int,
@@ -125,17 +145,20 @@ async def relay(
     abandon: float = 0.0,
     abandon_after: float = 0.005,
     seed: Optional[int] = None,
+    second_url: Optional[str] = None,
+    extras: Optional[CpuMeter] = None,
 ) -> dict:
     """
     P pairs ping-pong one message at a time each, for seconds or messages.
     Each receiver's messages are checked at the end: every one received,
     once, in order.  With ``abandon``, that fraction of the waits are
-    abandoned (see BenchPeer).
+    abandoned (see BenchPeer).  With second_url, each pair's second peer
+    uses that server.
     """
     loop = asyncio.get_running_loop()
     async with new_session() as session:
         crowd = Crowd(session, url, _prefix("relay"))
-        peers = crowd.add_many(2 * pairs)
+        peers = crowd.add_many(2 * pairs, (url, second_url) if second_url else (url,))
         await crowd.sign_in_one_by_one(peers)
         settled = await crowd.until_everyone_knows_everyone(timeout, timeout)
         latencies: list[float] = []
@@ -220,6 +243,8 @@ async def relay(
                 sender, receiver = receiver, sender
 
         server_cpu = server.cpu_seconds() if server else None
+        if extras:
+            extras.start()
         client_cpu = own_cpu_seconds()
         started = time.monotonic()
         if settled and not crowd.errors:
@@ -234,6 +259,7 @@ async def relay(
         elapsed = time.monotonic() - started
         client_cpu = own_cpu_seconds() - client_cpu
         server_cpu = server.cpu_seconds() - server_cpu if server else None
+        extra_cpu = extras.seconds() if extras else None
         if posts:
             await asyncio.wait(posts, timeout=timeout)
         if outstanding:
@@ -258,6 +284,7 @@ async def relay(
     result = {
         "scenario": "relay",
         "url": url,
+        "second_url": second_url,
         "pairs": pairs,
         "message_bytes": size,
         "seconds": round(elapsed, 3),
@@ -274,6 +301,8 @@ async def relay(
     if server is not None:
         result["server_cpu_seconds"] = round(server_cpu, 2)
         result["server_rss_mib"] = server.rss_mib()
+    if extras:
+        result["extra_cpu_seconds"] = extra_cpu
     return result
 
 
@@ -303,12 +332,15 @@ async def storm(
     processes: int = 1,
     loop: str = "asyncio",
     server: Optional[ProcessStats] = None,
+    extras: Optional[CpuMeter] = None,
 ) -> dict:
     """N peers sign in one after another until every peer knows every other."""
     pool = WorkerPool(url, processes, loop)
     await pool.start()
     async with new_session() as session:
         server_cpu = server.cpu_seconds() if server else None
+        if extras:
+            extras.start()
         client_cpu = own_cpu_seconds()
         started = time.monotonic()
         ids, errors = await _sign_in_and_hand_over(session, url, _prefix("storm"), peers, pool)
@@ -318,6 +350,7 @@ async def storm(
         )
         elapsed = time.monotonic() - started
         server_cpu = server.cpu_seconds() - server_cpu if server else None
+        extra_cpu = extras.seconds() if extras else None
         incomplete = pool.incomplete()
         pushes = pool.pushes
         peak_rss = server.peak_rss_mib() if server else None
@@ -347,6 +380,8 @@ async def storm(
     if server is not None:
         result["server_cpu_seconds"] = round(server_cpu, 2)
         result["server_peak_rss_mib"] = peak_rss
+    if extras:
+        result["extra_cpu_seconds"] = extra_cpu
     return result
 
 
@@ -512,6 +547,8 @@ def summary(result: dict) -> str:
             cpu += " (%s)" % (result["client"]["event_loop"],)
         if "server_cpu_seconds" in result:
             cpu += ", server CPU: %.2fs" % (result["server_cpu_seconds"],)
+        if "extra_cpu_seconds" in result:
+            cpu += ", --extra-pid CPU: %.2fs" % (result["extra_cpu_seconds"],)
         lines.append(cpu)
     if scenario == "relay" and "server_rss_mib" in result:
         lines.append("server RSS: %s MiB" % (result["server_rss_mib"],))
@@ -555,6 +592,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="pid of the server process when it runs on this machine: report its RSS and CPU time",
     )
     common.add_argument(
+        "--extra-pid",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PID",
+        help="pid of another process that serves (redis-server, a second instance; repeatable): "
+        "relay and storm report their CPU time added up",
+    )
+    common.add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
@@ -593,6 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     relay_parser.add_argument("--abandon-after", type=positive_float, default=0.005, metavar="SECONDS", help="seconds from sending an abandoned /wait to resetting its connection (default 0.005)")
     relay_parser.add_argument("--seed", type=int, help="random seed for choosing the waits to abandon")
+    relay_parser.add_argument(
+        "--second-url",
+        metavar="URL",
+        help="a second server (another instance on the same Redis): each pair has a peer on "
+        "each, so every message crosses from one to the other",
+    )
 
     storm_parser = scenarios.add_parser(
         "storm",
@@ -652,16 +704,18 @@ async def run(args: argparse.Namespace, loop: str) -> dict:
     if problem is not None:
         raise SystemExit("pcsignal-bench: cannot reach %s: %s" % (args.url, problem))
     server = ProcessStats(args.server_pid) if args.server_pid else None
+    extras = CpuMeter([ProcessStats(pid) for pid in args.extra_pid]) if args.extra_pid else None
     if args.scenario in hostile.SCENARIOS:
         return await hostile.run(args, server)
     if args.scenario == "relay":
         return await relay(
             args.url, args.pairs, args.seconds, args.messages, args.size, args.timeout, server,
-            args.abandon, args.abandon_after, args.seed,
+            args.abandon, args.abandon_after, args.seed, args.second_url, extras,
         )
     if args.scenario == "storm":
         return await storm(
-            args.url, args.peers, args.timeout, args.idle_timeout, args.processes, loop, server
+            args.url, args.peers, args.timeout, args.idle_timeout, args.processes, loop, server,
+            extras,
         )
     return await hold(
         args.url, args.peers, args.messages, args.size, args.timeout, args.processes, loop,
@@ -688,9 +742,10 @@ def event_loop_runner(choice: str) -> tuple[str, Callable]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.server_pid and not psutil.pid_exists(args.server_pid):
-        print("pcsignal-bench: no process %d on this machine" % (args.server_pid,), file=sys.stderr)
-        return 2
+    for pid in filter(None, [args.server_pid] + args.extra_pid):
+        if not psutil.pid_exists(pid):
+            print("pcsignal-bench: no process %d on this machine" % (pid,), file=sys.stderr)
+            return 2
     raise_fd_limit()
     loop_name, run_loop = event_loop_runner(args.loop)
     result = run_loop(run(args, loop_name))

@@ -65,6 +65,14 @@ class WaitReplaced(ChannelError):
         super().__init__("Replaced by a newer /wait for this peer.")
 
 
+class StoreUnavailable(ChannelError):
+    """The shared store (Redis) cannot be reached or refuses for now."""
+
+    def __init__(self):
+        super().__init__("Service unavailable: the signaling store cannot be reached; "
+                         "try again shortly.")
+
+
 @dataclass(frozen=True)
 class Limits:
     """

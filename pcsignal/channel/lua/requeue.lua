@@ -1,0 +1,18 @@
+-- arg 1..3: id, serial ('' if none here), gen.  What this session holds in
+-- flight for the peer was not read: back to the head.  If the peer's waits
+-- still come here, deliveries from now on carry the new gen, so that those
+-- still on their way (moved back just now) are ignored.
+local id = arg(1)
+local p = pk(id)
+if call('EXISTS', p) == 0 then return reply(0) end
+local moved = 0
+if call('HGET', p, 'holder') == S then moved = requeue_all(id) end
+local w = call('HGET', p, 'wait')
+if w and arg(2) ~= '' then
+  local ws, serial, window = parse_wait(w)
+  if ws == S and serial == tonumber(arg(2)) then
+    call('HSET', p, 'wait', S .. '|' .. serial .. '|' .. window .. '|' .. arg(3))
+  end
+end
+if moved > 0 then wake(id) end
+return reply(moved)

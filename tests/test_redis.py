@@ -1,0 +1,402 @@
+"""
+Several ``twistd pcsignal --redis`` processes on one real redis-server, and
+HAProxy in front of them: presence and ordered delivery across instances,
+``kill -9`` of an instance, a restart of every instance, Redis stopped and
+started under a parked wait, a password-protected Redis, a unix socket, and
+the Redis round trips a relayed message costs.
+"""
+
+import collections
+import re
+import secrets
+import signal
+import threading
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import LISTENING, REDIS_UP, LoggedProcess, TwistdProcess
+from httpclients import native
+from pcsignal.channel.redis import load_scripts
+from redis_support import Haproxy, RedisServer, free_port
+from test_bench import run_bench
+
+UNAVAILABLE = b"Service unavailable: the signaling store cannot be reached; try again shortly."
+
+
+class Instance:
+    """
+    One ``twistd pcsignal --redis`` on fixed loopback ports (kept across
+    restarts): ``port`` for clients, ``proxy_port`` for HAProxy (PROXY protocol).
+    """
+
+    def __init__(self, redis_url, prefix, *args, port=None):
+        self.port = port or free_port()
+        self.proxy_port = free_port()
+        self.argv = ["--listen", "tcp:%d:interface=127.0.0.1" % self.port,
+                     "--listen", "haproxy:tcp:%d:interface=127.0.0.1" % self.proxy_port,
+                     "--redis", redis_url, "--redis-prefix", prefix, *args]
+        self.process = None
+        self.processes = []
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % (self.port,)
+
+    def start(self):
+        self.process = TwistdProcess("pcsignal", self.argv)
+        self.processes.append(self.process)
+        self.process.wait_for_log(LISTENING)
+        self.process.wait_for_log(REDIS_UP)
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        self.process.stop(sig)
+
+    def kill(self):
+        for p in self.processes:
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait()
+
+    def output(self):
+        return "\n".join(p.output() for p in self.processes)
+
+
+@pytest.fixture
+def instances():
+    started = []
+
+    def start(*args, **kwargs):
+        instance = Instance(*args, **kwargs).start()
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        instance.kill()
+    for instance in started:
+        assert "Traceback" not in instance.output(), instance.output()
+
+
+def sign_in(url, name):
+    answer = native(url, "GET", "/sign_in?" + name)
+    assert answer.status == 200, answer.body
+    return answer.pragma, answer.body
+
+
+def wait(url, peer, timeout=10):
+    return native(url, "GET", "/wait?peer_id=%d" % peer, timeout=timeout)
+
+
+def send(url, sender, to, body):
+    return native(url, "POST", "/message?peer_id=%d&to=%d" % (sender, to), body)
+
+
+def until(condition, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "never came true"
+        time.sleep(0.01)
+
+
+def parked(url, count, timeout=10):
+    deadline = time.monotonic() + timeout
+    while b"pcsignal_parked_waits %d.0" % count not in native(url, "GET", "/metrics").body:
+        assert time.monotonic() < deadline, "parked waits never became %d" % count
+
+
+def test_two_instances_behind_haproxy_survive_kill_and_restart(redis_server, instances,
+                                                               tmp_path):
+    prefix = "test:%s:" % secrets.token_hex(4)
+    x = instances(redis_server.url, prefix)
+    y = instances(redis_server.url, prefix)
+    balancer = Haproxy(tmp_path, [x.proxy_port, y.proxy_port]).start()
+    try:
+        lb = balancer.url
+        # Presence across instances: sign-ins alternate between x and y.
+        alice, _ = sign_in(x.url, "alice")
+        bob, listing = sign_in(y.url, "bob")
+        assert listing == b"bob,%d,1\nalice,%d,1\n" % (bob, alice)
+        assert wait(lb, alice).body == b"bob,%d,1\n" % bob
+        # Ordered delivery across instances, every request through the balancer.
+        for i in range(10):
+            assert send(lb, alice, bob, b"m%d" % i).status == 200
+        assert [wait(lb, bob).body for _ in range(10)] == [b"m%d" % i for i in range(10)]
+
+        # Bob's wait is parked on x when x dies.
+        parked_on_x = {}
+        t = threading.Thread(target=lambda: parked_on_x.setdefault(
+            "answer", _answer_or_error(x.url, bob)))
+        t.start()
+        parked(x.url, 1)
+        # x has applied bob's ack of m9 in Redis (acks ride with the next
+        # script or go alone within ack_delay: an instance killed while it
+        # holds one delivers that item again, docs/deploying.rst).
+        until(lambda: redis_server.cli("LLEN", "%sf:%d" % (prefix, bob)).strip() == "0")
+        x.kill()
+        t.join(10)
+        assert "error" in parked_on_x["answer"]
+        # 100 messages while x is dead: none lost, in order, bob keeps his id.
+        for i in range(100):
+            assert send(lb, alice, bob, b"k%d" % i).status == 200
+        assert [wait(lb, bob).body for _ in range(100)] == [b"k%d" % i for i in range(100)]
+
+        # Every instance restarted: peers within the peer timeout stay signed in.
+        y.stop()
+        x.start()
+        y.start()
+        assert send(lb, bob, alice, b"after restart").status == 200
+        assert wait(lb, alice).body == b"after restart"
+        assert send(lb, alice, bob, b"and back").status == 200
+        assert wait(lb, bob).body == b"and back"
+        carol, listing = sign_in(lb, "carol")
+        assert set(listing.split(b"\n")[1:-1]) == {b"alice,%d,1" % alice, b"bob,%d,1" % bob}
+    finally:
+        balancer.stop()
+
+
+def _answer_or_error(url, peer):
+    try:
+        return {"answer": wait(url, peer, timeout=30)}
+    except (OSError, AssertionError) as e:  # reset, or closed with no answer
+        return {"error": e}
+
+
+def test_redis_restarted_under_a_parked_wait(instances, tmp_path):
+    """
+    Redis with persistence (appendonly) stopped and started again: 503 at
+    once meanwhile, service again within 2 s of Redis accepting connections,
+    nothing lost and nothing twice: the parked wait is served, the queued
+    messages come once each, and one read just before the stop (its ack
+    perhaps still held by the instance) does not come again.  With a
+    password, so the restart also proves AUTH is sent again.
+    """
+    redis = RedisServer(tmp_path, password="s3cret").start()
+    try:
+        x = instances(redis.url, "pcsignal:")
+        alice, _ = sign_in(x.url, "alice")
+        bob, _ = sign_in(x.url, "bob")
+        carol, _ = sign_in(x.url, "carol")
+        assert [wait(x.url, alice).body for _ in range(2)] == [
+            b"bob,%d,1\n" % bob, b"carol,%d,1\n" % carol]
+        assert wait(x.url, bob).body == b"carol,%d,1\n" % carol
+        for i in range(4):
+            assert send(x.url, alice, carol, b"q%d" % i).status == 200
+        assert wait(x.url, carol).body == b"q0"
+        got = {}
+        t = threading.Thread(target=lambda: got.setdefault("item", wait(x.url, bob, 60)))
+        t.start()
+        parked(x.url, 1)
+
+        redis.stop()
+        x.process.wait_for_log(r"Redis link down")
+        refused = native(x.url, "GET", "/sign_in?dave")
+        assert (refused.status, refused.body) == (503, UNAVAILABLE)
+        refused = send(x.url, alice, bob, b"lost?")
+        assert (refused.status, refused.body) == (503, UNAVAILABLE)
+        health = native(x.url, "GET", "/healthz")
+        assert health.status == 503 and health.body.startswith(b"unavailable: Redis")
+
+        mark = len(x.process.lines)
+        redis.start()
+        accepting = time.monotonic()
+        x.process.wait_for_log(REDIS_UP, after=mark)
+        recovered = time.monotonic() - accepting
+        assert native(x.url, "GET", "/healthz").status == 200
+        # The wait parked before the outage is still parked, and served.
+        assert send(x.url, alice, bob, b"after the outage").status == 200
+        t.join(10)
+        assert got["item"].body == b"after the outage"
+        # Queued messages survived Redis's restart, once each, in order.
+        assert [wait(x.url, carol).body for _ in range(3)] == [b"q1", b"q2", b"q3"]
+        parked_carol = {}
+        t = threading.Thread(target=lambda: parked_carol.setdefault("item", wait(x.url, carol)))
+        t.start()
+        parked(x.url, 1)  # nothing more, no duplicate
+        assert send(x.url, alice, carol, b"last").status == 200
+        t.join(10)
+        assert parked_carol["item"].body == b"last"
+        output = x.process.output()
+        assert len(re.findall(r"Redis link down", output)) == 1
+        assert len(re.findall(REDIS_UP, output)) == 2
+        assert recovered < 2, recovered
+    finally:
+        redis.stop()
+
+
+def test_redis_not_there_at_start(tmp_path):
+    """503 at once and one log line while Redis is not there; service once it is, no restart."""
+    redis = RedisServer(tmp_path)
+    x = TwistdProcess("pcsignal", ["--listen", "tcp:0:interface=127.0.0.1", "--redis", redis.url])
+    try:
+        url = "http://127.0.0.1:%s" % x.wait_for_log(LISTENING).group("port")
+        x.wait_for_log(r"Redis at 127\.0\.0\.1:%d db 0 not reachable" % redis.port)
+        refused = native(url, "GET", "/sign_in?alice")
+        assert (refused.status, refused.body) == (503, UNAVAILABLE)
+        assert native(url, "GET", "/healthz").status == 503
+        redis.start()
+        x.wait_for_log(REDIS_UP)
+        assert native(url, "GET", "/healthz").status == 200
+        assert native(url, "GET", "/sign_in?alice").status == 200
+        assert len(re.findall(r"not reachable|Redis link down", x.output())) == 1, x.output()
+    finally:
+        assert x.stop() in (0, -15)
+        redis.stop()
+    assert "Traceback" not in x.output(), x.output()
+
+
+def test_redis_that_answers_nothing_gets_503_not_a_hang(instances, tmp_path):
+    """Redis stopped dead (SIGSTOP): a request gets 503 within the 2 s deadline, then service resumes."""
+    redis = RedisServer(tmp_path).start()
+    try:
+        x = instances(redis.url, "pcsignal:")
+        alice, _ = sign_in(x.url, "alice")
+        redis.process.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        refused = native(x.url, "GET", "/sign_in?bob")
+        assert (refused.status, refused.body) == (503, UNAVAILABLE)
+        assert time.monotonic() - started < 4
+        x.process.wait_for_log(r"Redis link down \(.*no answer within 2s")
+        mark = len(x.process.lines)
+        redis.process.proc.send_signal(signal.SIGCONT)
+        x.process.wait_for_log(REDIS_UP, after=mark)
+        assert native(x.url, "GET", "/sign_out?peer_id=%d" % alice).status == 200
+    finally:
+        redis.process.proc.send_signal(signal.SIGCONT)
+        redis.stop()
+
+
+def test_refused_auth_is_retried_until_accepted(instances, tmp_path):
+    """txredisapi's own factory stops for good after a failed AUTH; pcsignal retries."""
+    redis = RedisServer(tmp_path, password="first").start()
+    try:
+        x = instances(redis.url, "pcsignal:")
+        alice, _ = sign_in(x.url, "alice")
+        redis.cli("CONFIG", "SET", "requirepass", "second")
+        redis.password = "second"
+        redis.cli("CLIENT", "KILL", "TYPE", "normal")
+        redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+        x.process.wait_for_log(r"Redis link down")
+        assert native(x.url, "GET", "/healthz").status == 503
+        mark = len(x.process.lines)
+        redis.cli("CONFIG", "SET", "requirepass", "first")
+        redis.password = "first"
+        x.process.wait_for_log(REDIS_UP, after=mark)
+        assert native(x.url, "GET", "/sign_out?peer_id=%d" % alice).status == 200, \
+            x.process.output()
+    finally:
+        redis.stop()
+
+
+def test_unix_socket(instances, tmp_path):
+    redis = RedisServer(tmp_path, unix=True).start()
+    try:
+        x = instances(redis.socket, "pcsignal:")
+        y = instances("unix://" + redis.socket + "?db=0", "pcsignal:")
+        alice, _ = sign_in(x.url, "alice")
+        bob, listing = sign_in(y.url, "bob")
+        assert listing == b"bob,%d,1\nalice,%d,1\n" % (bob, alice)
+        assert send(y.url, bob, alice, b"hi").status == 200
+        assert wait(x.url, alice).body == b"bob,%d,1\n" % bob
+        assert wait(x.url, alice).body == b"hi"
+    finally:
+        redis.stop()
+
+
+def test_a_relayed_message_costs_one_script(redis_server, instances):
+    """
+    A ping-pong between peers on two instances, each answering a message as
+    soon as it has read it: a relayed message costs the POST's script (which
+    queues it, hands it to the receiver's instance, and carries the sender's
+    ack of the message it answers); waits park on their instance without a
+    round trip.  Acks only go alone when no script follows within ack_delay
+    (here: the last one, and any the machine's load held up).  Counted by
+    Redis itself (MONITOR), by script.
+    """
+    prefix = "test:%s:" % secrets.token_hex(4)
+    x = instances(redis_server.url, prefix)
+    y = instances(redis_server.url, prefix)
+    alice, _ = sign_in(x.url, "alice")
+    bob, _ = sign_in(y.url, "bob")
+    assert wait(x.url, alice).body == b"bob,%d,1\n" % bob
+    rounds = 25
+    got = {alice: [], bob: []}
+
+    def player(url, me, other, serve):
+        for i in range(rounds):
+            if serve:
+                assert send(url, me, other, b"%d" % (2 * i)).status == 200
+            got[me].append(wait(url, me).body)
+            if not serve:
+                assert send(url, me, other, b"%d" % (2 * i + 1)).status == 200
+        got[me].append(wait(url, me).body)  # parked until the sign-out
+
+    # Both registered (their first /wait is a script) before counting.
+    bob_plays = threading.Thread(target=player, args=(y.url, bob, alice, False))
+    bob_plays.start()
+    parked(y.url, 1)
+    monitor = LoggedProcess(["redis-cli", "-p", str(redis_server.port), "MONITOR"])
+    monitor.wait_for_log("^OK$")
+    alice_plays = threading.Thread(target=player, args=(x.url, alice, bob, True))
+    alice_plays.start()
+    until(lambda: len(got[alice]) == rounds and len(got[bob]) == rounds)
+    parked(x.url, 1)
+    parked(y.url, 1)
+    # The last acks (alone, within ack_delay) applied: nothing in flight.
+    until(lambda: [redis_server.cli("LLEN", "%sf:%d" % (prefix, peer)).strip()
+                   for peer in (alice, bob)] == ["0", "0"])
+    redis_server.cli("ECHO", "end of relay")
+    monitor.wait_for_log("end of relay")
+    monitor.stop()
+    for peer, url in ((alice, x.url), (bob, y.url)):
+        assert native(url, "GET", "/sign_out?peer_id=%d" % peer).status == 200
+    alice_plays.join(10)
+    bob_plays.join(10)
+    assert got[bob] == [b"%d" % (2 * i) for i in range(rounds)] + [b"alice,%d,0\n" % alice]
+    assert got[alice] == [b"%d" % (2 * i + 1) for i in range(rounds)] + [
+        b"Peer most likely gone."]
+    names = {sha: name for name, (sha, _) in load_scripts().items()}
+    calls = collections.Counter()
+    for line in monitor.lines:
+        m = re.search(r'\[\d+ [^\]]*\] "(\w+)"(?: "(\w+)")?', line)
+        if m and "lua]" not in line:
+            command = m.group(1).lower()
+            calls[names.get(m.group(2), "?") if command == "evalsha" else command] += 1
+    calls.pop("tick", None)  # the reapers, once a second each
+    calls.pop("ping", None)  # liveness probes of the idle pub/sub connections
+    calls.pop("echo")
+    calls.pop("llen")
+    messages = 2 * rounds
+    assert calls["post"] == messages, calls
+    assert set(calls) <= {"post", "ack"}, calls  # no wait script, nothing else
+    assert calls["ack"] < messages / 2, calls  # most acks rode with a POST
+
+
+def scripts_run(url, script):
+    for family in text_string_to_metric_families(native(url, "GET", "/metrics").body.decode()):
+        for sample in family.samples:
+            if sample.name == "pcsignal_redis_scripts_total" and sample.labels["script"] == script:
+                return sample.value
+    return 0
+
+
+def test_bench_relay_across_two_instances(redis_server, instances):
+    """
+    pcsignal-bench relay --second-url: each pair has a peer on each
+    instance, so every message crosses; --extra-pid adds their CPU time.
+    """
+    prefix = "test:%s:" % secrets.token_hex(4)
+    x = instances(redis_server.url, prefix, "--sign-in-rate", "0")
+    y = instances(redis_server.url, prefix, "--sign-in-rate", "0")
+    code, result = run_bench(
+        x.url, "relay", "--pairs", "2", "--messages", "100", "--second-url", y.url,
+        "--server-pid", str(x.process.proc.pid), "--extra-pid", str(y.process.proc.pid),
+        "--extra-pid", str(redis_server.process.proc.pid))
+    assert code == 0 and result["errors"] == 0, result["error_samples"]
+    assert result["messages"] == 100 and result["second_url"] == y.url
+    assert result["delivery"]["lost"] == result["delivery"]["duplicated"] == 0
+    assert result["extra_cpu_seconds"] >= 0 and result["server_cpu_seconds"] > 0
+    # Half the messages were posted on each instance, each to the other's peer.
+    assert scripts_run(x.url, "post") == scripts_run(y.url, "post") == 50
