@@ -47,6 +47,7 @@ setup(
         "pyOpenSSL>=21.0.0",
         "zope.interface>=5.0",
         "prometheus-client>=0.20.0",
+        "autobahn>=26.10.2",
     ],
     extras_require={
         "peer": PEER,

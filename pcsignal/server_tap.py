@@ -25,7 +25,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.python import usage
 
-from pcsignal import ice, logs, __version__, state
+from pcsignal import ice, logs, ws, __version__, state
 from pcsignal.channel import Limits, random_ids, sequential_ids
 from pcsignal.channel.memory import MemoryChannel
 from pcsignal.fds import default_max_connections, raise_open_files_limit
@@ -65,8 +65,8 @@ class Options(CheckedOptions):
     longdesc = (
         "WebRTC signaling server, wire-compatible with WebRTC's example "
         "peerconnection_server (sign_in / wait / message / sign_out over HTTP "
-        "with hanging GETs), serving a browser client at / and Prometheus "
-        "metrics at /metrics."
+        "with hanging GETs) and over a WebSocket at /ws, one channel behind "
+        "both, serving a browser client at / and Prometheus metrics at /metrics."
     )
 
     optParameters = [
@@ -100,6 +100,9 @@ class Options(CheckedOptions):
         ["max-connections", None, None, "Most client connections open at once; beyond it "
          "new ones are closed at once. Default: 90% of the open-files limit, which "
          "pcsignal raises to its hard limit at start.", positive_int],
+        ["ping-interval", None, 10.0, "Ping every WebSocket this often; a socket that "
+         "leaves a ping unanswered this long is dropped (its peer may resume within "
+         "--peer-timeout).", positive_float],
         ["log-level", None, "info", "Least severe pcsignal events logged: debug (adds "
          "one line per message relayed; never bodies), info (sign-in, sign-out, "
          "timeouts, refusals), warn, error, critical."],
@@ -392,6 +395,7 @@ def makeService(config, reactor=None):
             tuple(config["turn-uris"]), tuple(config["stun-uris"]), config["turn-ttl"]),
         turn_secret=config["turn-secret"],
     )
+    ws.mount(site, channel, config["ping-interval"], reactor)
     top = service.MultiService()
     SignalingService(channel, site, config["state-file"]).setServiceParent(top)
     endpoints = config["endpoints"] + internal

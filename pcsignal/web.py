@@ -152,14 +152,20 @@ def respond_error(request: "SignalingRequest", code: int, reason: bytes, text: s
     respond(request, code, reason, text.encode("utf-8"), extra=extra)
 
 
+def refusal(error: ChannelError) -> tuple[int, bytes, str]:
+    """A channel refusal's HTTP status, reason phrase and metrics label (both transports)."""
+    code, reason = _STATUS[type(error)]
+    return code, reason, _REJECTION_REASON[type(error)]
+
+
 def respond_failure(request: "SignalingRequest", failure: Failure) -> None:
     """Answer a failed channel call; anything unexpected is a logged 500."""
     if failure.check(CancelledError):
         return  # the client left first; nothing to answer
     error = failure.value
     if isinstance(error, ChannelError):
-        code, reason = _STATUS[type(error)]
-        respond_error(request, code, reason, str(error), _REJECTION_REASON[type(error)])
+        code, reason, why = refusal(error)
+        respond_error(request, code, reason, str(error), why)
     else:
         request.site.log_failure(failure)
         respond(request, 500, b"Internal Server Error", b"Internal server error.")
@@ -452,10 +458,7 @@ class SignalingHTTPChannel(HTTPChannel):
             self.answer.lost(reason, self.isSecure())
         self._cancel_deadline()
         HTTPChannel.connectionLost(self, reason)
-        self.site.connections.discard(self)
-        if not self.site.connections and self.site._drained is not None:
-            d, self.site._drained = self.site._drained, None
-            d.callback(None)
+        self.site.connection_lost(self)
 
     def _cancel_deadline(self):
         if self._deadline is not None:
@@ -896,6 +899,13 @@ class SignalingSite(server.Site):
                 for request in conn.requests:
                     request.gone = True
                 conn.transport.loseConnection()
+
+    def connection_lost(self, conn) -> None:
+        """A connection (HTTP, or WebSocket since its upgrade) closed."""
+        self.connections.discard(conn)
+        if not self.connections and self._drained is not None:
+            d, self._drained = self._drained, None
+            d.callback(None)
 
     def _abort_all(self):
         for conn in list(self.connections):

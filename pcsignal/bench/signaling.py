@@ -52,6 +52,7 @@ from pcsignal.bench.peers import (
 )
 from pcsignal.bench.percentiles import percentile
 from pcsignal.bench.processes import ProcessStats
+from pcsignal.bench.sockets import PeerJSBenchPeer, WebSocketBenchPeer
 from pcsignal.bench.workers import WorkerPool, own_cpu_seconds
 from pcsignal.fds import raise_open_files_limit as raise_fd_limit  # one socket per peer
 from pcsignal.options import fraction, positive_float, positive_int
@@ -114,6 +115,15 @@ def _share(total: Optional[int], parts: int, index: int) -> Optional[int]:
 # -- scenarios -------------------------------------------------------------------
 
 
+# What relay's --transport names: the simulated client, and whether the
+# server tells peers about each other (PeerJS does not).
+TRANSPORTS = {
+    "http": (BenchPeer, True),
+    "ws": (WebSocketBenchPeer, True),
+    "peerjs": (PeerJSBenchPeer, False),
+}
+
+
 async def relay(
     url: str,
     pairs: int,
@@ -125,6 +135,7 @@ async def relay(
     abandon: float = 0.0,
     abandon_after: float = 0.005,
     seed: Optional[int] = None,
+    transport: str = "http",
 ) -> dict:
     """
     P pairs ping-pong one message at a time each, for seconds or messages.
@@ -132,12 +143,13 @@ async def relay(
     once, in order.  With ``abandon``, that fraction of the waits are
     abandoned (see BenchPeer).
     """
+    peer_class, presence = TRANSPORTS[transport]
     loop = asyncio.get_running_loop()
     async with new_session() as session:
-        crowd = Crowd(session, url, _prefix("relay"))
+        crowd = Crowd(session, url, _prefix("relay"), peer_class)
         peers = crowd.add_many(2 * pairs)
         await crowd.sign_in_one_by_one(peers)
-        settled = await crowd.until_everyone_knows_everyone(timeout, timeout)
+        settled = await crowd.until_everyone_knows_everyone(timeout, timeout) if presence else True
         latencies: list[float] = []
         errors = list(crowd.errors)
         if not settled:
@@ -244,6 +256,8 @@ async def relay(
                 pass
         abandoned = sum(peer.abandoned for peer in peers)
         lost = list(crowd.lost)
+        for peer in peers:
+            errors.extend(getattr(peer, "errors", ()))  # error frames (WebSocket)
         errors.extend(await crowd.sign_out_all())
     checks = {peer.name: delivery_check(sent[peer.peer_id], received[peer.peer_id])
               for peer in peers if peer.peer_id is not None}
@@ -257,6 +271,7 @@ async def relay(
     delivery["abandoned_waits"] = abandoned
     result = {
         "scenario": "relay",
+        "transport": transport,
         "url": url,
         "pairs": pairs,
         "message_bytes": size,
@@ -273,8 +288,59 @@ async def relay(
         result["abandon"] = {"fraction": abandon, "after_seconds": abandon_after}
     if server is not None:
         result["server_cpu_seconds"] = round(server_cpu, 2)
+        result["server_cpu_us_per_message"] = (
+            round(server_cpu / len(latencies) * 1e6, 1) if latencies else None)
         result["server_rss_mib"] = server.rss_mib()
     return result
+
+
+async def compare(
+    targets: list[tuple[str, str, str, Optional[ProcessStats]]],
+    rounds: int,
+    **relay_args,
+) -> dict:
+    """
+    The relay scenario against several targets (label, url, transport,
+    server) in one run: round after round, each target in turn, so that
+    whatever else loads the machine loads them alike.  Per target: the
+    median of its rounds.
+    """
+    runs: dict[str, list[dict]] = {label: [] for label, _, _, _ in targets}
+    for _ in range(rounds):
+        for label, url, transport, server in targets:
+            runs[label].append(await relay(url, server=server, transport=transport, **relay_args))
+
+    def median(label, *path):
+        values = []
+        for run in runs[label]:
+            value = run
+            for key in path:
+                value = value.get(key) if value is not None else None
+            if value is not None:
+                values.append(value)
+        return None if not values else sorted(values)[(len(values) - 1) // 2]
+
+    summary = {
+        label: {
+            "messages_per_second": median(label, "messages_per_second"),
+            "p50_ms": median(label, "latency", "p50_ms"),
+            "p99_ms": median(label, "latency", "p99_ms"),
+            "server_cpu_us_per_message": median(label, "server_cpu_us_per_message"),
+            "errors": sum(run["errors"] for run in runs[label]),
+        }
+        for label in runs
+    }
+    errors = [sample for label in runs for run in runs[label] for sample in run["error_samples"]]
+    return {
+        "scenario": "relay-compare",
+        "rounds": rounds,
+        "pairs": relay_args["pairs"],
+        "message_bytes": relay_args["size"],
+        "summary": summary,
+        "runs": runs,
+        "errors": sum(item["errors"] for item in summary.values()),
+        "error_samples": errors[:10],
+    }
 
 
 async def _sign_in_and_hand_over(
@@ -462,8 +528,9 @@ def summary(result: dict) -> str:
     elif scenario == "relay":
         latency = result["latency"]
         lines.append(
-            "relay: %d pairs, %d messages in %.2fs = %.1f msgs/s"
-            % (result["pairs"], result["messages"], result["seconds"], result["messages_per_second"])
+            "relay (%s): %d pairs, %d messages in %.2fs = %.1f msgs/s"
+            % (result["transport"], result["pairs"], result["messages"], result["seconds"],
+               result["messages_per_second"])
         )
         lines.append(_latency_line("one-way latency", latency))
         if "delivery" in result:
@@ -688,9 +755,10 @@ def event_loop_runner(choice: str) -> tuple[str, Callable]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.server_pid and not psutil.pid_exists(args.server_pid):
-        print("pcsignal-bench: no process %d on this machine" % (args.server_pid,), file=sys.stderr)
-        return 2
+    for pid in (args.server_pid, getattr(args, "peerjs_pid", None)):
+        if pid and not psutil.pid_exists(pid):
+            print("pcsignal-bench: no process %d on this machine" % (pid,), file=sys.stderr)
+            return 2
     raise_fd_limit()
     loop_name, run_loop = event_loop_runner(args.loop)
     result = run_loop(run(args, loop_name))
