@@ -280,10 +280,10 @@ class SignalingSocket(WebSocketServerProtocol):
     def _on_message(self, frame: dict, seq: Optional[int]) -> None:
         to_id = _field(frame, "to", int, "a peer id")
         body, content_type = _body(frame)
-        if self.peer_id is None:
-            raise BadFrame("Sign in first.")
         if not body:
             raise BadFrame("Message body required.")
+        if self.peer_id is None:
+            raise BadFrame("Sign in first.")
         d = self._channel.post(self.peer_id, to_id, content_type, body)
         if seq is None:
             d.addErrback(self._refused, None)
