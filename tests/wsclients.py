@@ -60,14 +60,10 @@ class Socket:
     does other things; what it reads waits in a queue for receive().
     """
 
-    def __init__(self, http_url, autoping=True, protocols=("pcsignal.v1",), verify=True):
+    def __init__(self, http_url, autoping=True, protocols=("pcsignal.v1",), ca_pem=None):
         async def connect():
             self.session = aiohttp.ClientSession()
-            context = True
-            if http_url.startswith("https://") and not verify:
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
+            context = ssl.create_default_context(cadata=ca_pem.decode()) if ca_pem else True
             ws = await self.session.ws_connect(
                 ws_url(http_url), protocols=protocols, autoping=autoping, ssl=context,
                 max_msg_size=0)
