@@ -4,6 +4,7 @@ from setuptools import find_packages, setup
 # checks every import against this): `pip install pcsignal` is the server
 # alone; pcpeer, the load generators, the tests and the docs are extras.
 PEER = [
+    "aiohttp>=3.9",
     "aiortc>=1.16.0",  # RTCConfiguration.iceTransportPolicy (--relay-only)
     "aioice>=0.12.0",
     "av>=12.0.0",
