@@ -129,8 +129,8 @@ def _text_frame(payload: bytes) -> bytes:
     return bytes((0x81, 127)) + length.to_bytes(8, "big") + payload
 
 
-def _json_text(value: str) -> str:
-    return encode_basestring_ascii(value)
+_json_text = encode_basestring_ascii
+_decode = json.JSONDecoder().decode
 
 
 class SignalingSocket(WebSocketServerProtocol):
@@ -264,7 +264,7 @@ class SignalingSocket(WebSocketServerProtocol):
         seq = None
         try:
             try:
-                frame = json.loads(text)
+                frame = _decode(text)
             except ValueError:
                 raise BadFrame("Frame is not JSON.")
             if type(frame) is not dict:
@@ -278,10 +278,15 @@ class SignalingSocket(WebSocketServerProtocol):
             self._refuse(seq, str(e))
 
     def _on_message(self, frame: dict, seq: Optional[int]) -> None:
-        to_id = _field(frame, "to", int, "a peer id")
-        body, content_type = _body(frame)
-        if not body:
-            raise BadFrame("Message body required.")
+        to_id = frame.get("to")
+        data = frame.get("data")
+        if type(to_id) is int and type(data) is str and data and data.isascii():
+            body, content_type = data.encode("ascii"), TEXT  # the common case, checked at once
+        else:
+            to_id = _field(frame, "to", int, "a peer id")
+            body, content_type = _body(frame)
+            if not body:
+                raise BadFrame("Message body required.")
         if self.peer_id is None:
             raise BadFrame("Sign in first.")
         d = self._channel.post(self.peer_id, to_id, content_type, body)
