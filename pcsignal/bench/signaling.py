@@ -529,7 +529,7 @@ def summary(result: dict) -> str:
         latency = result["latency"]
         lines.append(
             "relay (%s): %d pairs, %d messages in %.2fs = %.1f msgs/s"
-            % (result["transport"], result["pairs"], result["messages"], result["seconds"],
+            % (result.get("transport", "http"), result["pairs"], result["messages"], result["seconds"],
                result["messages_per_second"])
         )
         lines.append(_latency_line("one-way latency", latency))
