@@ -32,6 +32,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Optional
 from urllib.parse import quote
 
+import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from prometheus_client import Gauge
@@ -138,6 +139,10 @@ class SignalingSocket(WebSocketServerProtocol):
 
     # site.drain() closes connections without a request in progress.
     requests = ()
+    # autobahn logs every failed handshake and failed connection at warn: a
+    # client could flood the log.  pcsignal counts and logs those refusals
+    # itself (site.count_rejection); autobahn keeps its errors.
+    log = txaio.make_logger(level="error")
 
     peer_id: Optional[int] = None
     _busy = False  # a sign_in or resume is under way
@@ -248,6 +253,10 @@ class SignalingSocket(WebSocketServerProtocol):
                 self._channel.requeue(peer_id)
                 log.info("socket of peer {peer_id} closed ({code}); it may resume "
                          "within the peer timeout", peer_id=peer_id, code=code)
+
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        self.factory.site.count_rejection("bad_handshake", "WebSocket handshake: %s" % (reason,))
+        WebSocketServerProtocol.failHandshake(self, reason, code, responseHeaders)
 
     def _max_message_size_exceeded(self, msg_size, max_msg_size, reason):
         self.factory.site.count_rejection("too_large", "WebSocket frame of %d bytes" % (msg_size,))

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import start_pcsignal
-from httpclients import Browser, native, parked_waits_become
+from httpclients import native, native_raw
 from wsclients import Closed, Socket
 
 # Server arguments per channel; a channel that lands adds itself here.
@@ -74,6 +74,13 @@ def test_plain_requests_to_ws_are_refused(server):
     assert (answer.status, answer.body) == (426, b"This path takes WebSocket connections only.")
     answer = native(url, "POST", "/ws", b"x")
     assert answer.status == 405
+    # An upgrade autobahn cannot accept: its 400, and the server goes on.
+    answer = native_raw(url, b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                             b"Sec-WebSocket-Version: 99\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 WebSocket version 99 not supported")
+    assert metric(url, 'pcsignal_rejections_total{reason="bad_handshake"}') == 1
+    assert native(url, "GET", "/healthz").status == 200
 
 
 # -- one channel, two transports ----------------------------------------------------
