@@ -49,6 +49,7 @@ setup(
         "zope.interface>=5.0",
         "prometheus-client>=0.20.0",
         "autobahn>=26.10.2",
+        "txaio>=23.1.1",
     ],
     extras_require={
         "peer": PEER,

@@ -70,7 +70,6 @@ CLOSE_REPLACED = 4409
 CLOSE_PEER_GONE = 4500
 
 _OPEN = WebSocketServerProtocol.STATE_OPEN
-_CLOSED = WebSocketServerProtocol.STATE_CLOSED
 
 log = logs.logger("pcsignal.ws")
 
@@ -244,15 +243,17 @@ class SignalingSocket(WebSocketServerProtocol):
                 timer.cancel()
         self._tick = self._settle = None
         peer_id = self._release()
-        if peer_id is not None:
-            if wasClean and self.closedByMe:
-                # The client answered our close: it read all we wrote before it.
-                self._channel.ack(peer_id, self._written)
-            else:
-                # A missed wait: what the client may not have read goes back.
-                self._channel.requeue(peer_id)
-                log.info("socket of peer {peer_id} closed ({code}); it may resume "
-                         "within the peer timeout", peer_id=peer_id, code=code)
+        if peer_id is None:
+            return
+        if wasClean and self.closedByMe:
+            # The client answered our close: it read all we wrote before it.
+            self._channel.ack(peer_id, self._written)
+        else:
+            log.info("socket of peer {peer_id} closed ({code}); it may resume "
+                     "within the peer timeout", peer_id=peer_id, code=code)
+        # A missed wait: what the client may not have read (or was never
+        # written) goes back to the head of the mailbox.
+        self._channel.requeue(peer_id)
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         self.factory.site.count_rejection("bad_handshake", "WebSocket handshake: %s" % (reason,))
@@ -432,6 +433,8 @@ class SignalingSocket(WebSocketServerProtocol):
         if peer_id != self.peer_id:
             self._channel.requeue(peer_id)  # not ours to write any more
             return
+        if self.state != _OPEN:
+            return  # closing: onClose hands it back
         item, n = delivery
         if item.sender is None:
             frame = self.factory.presence_frame(item) + b"%d}" % (n,)
@@ -443,8 +446,7 @@ class SignalingSocket(WebSocketServerProtocol):
                 data = '"data_base64":"' + base64.b64encode(body).decode("ascii") + '"'
             frame = ('{"type":"message","from":%d,%s,"n":%d}'
                      % (item.sender, data, n)).encode("ascii")
-        if self.state == _OPEN:
-            self.transport.write(_text_frame(frame))
+        self.transport.write(_text_frame(frame))
         self._written = n
         if self._ping_n is None:
             self._after_write()

@@ -79,6 +79,7 @@ class Socket:
             await self._inbox.put(message)
             if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
                                 aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                await self.session.close()
                 return
 
     @property
