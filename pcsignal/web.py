@@ -564,6 +564,20 @@ def refuse_method(request: SignalingRequest, methods: tuple) -> None:
 
 
 # GET or POST, as the reference accepts; never HEAD, which must not change state.
+def sign_in_limited(limit: Optional[TokenBuckets], address) -> Optional[tuple[int, str]]:
+    """
+    None if a sign-in from this address is within the rate limit (and takes
+    its token), else (seconds to wait, the refusal's text); both transports.
+    """
+    if limit is None:
+        return None
+    wait = limit.take(address_key(address))
+    if not wait:
+        return None
+    seconds = retry_after(wait)
+    return seconds, "Too many sign-ins from your address; retry in %d s." % (seconds,)
+
+
 class SignIn(Endpoint):
     methods = (b"GET", b"POST")
 
@@ -572,14 +586,12 @@ class SignIn(Endpoint):
         self.limit = limit
 
     def handle(self, request):
-        if self.limit is not None:
-            wait = self.limit.take(address_key(request.getClientAddress()))
-            if wait:
-                seconds = retry_after(wait)
-                respond_error(request, 429, b"Too Many Requests",
-                              "Too many sign-ins from your address; retry in %d s." % (seconds,),
-                              "sign_in_rate", b"Retry-After: %d\r\n" % (seconds,))
-                return
+        limited = sign_in_limited(self.limit, request.getClientAddress())
+        if limited is not None:
+            seconds, text = limited
+            respond_error(request, 429, b"Too Many Requests", text, "sign_in_rate",
+                          b"Retry-After: %d\r\n" % (seconds,))
+            return
         raw_name = query(request)
         _, error = decode_strictly(raw_name, "name")
         if error is not None:

@@ -48,7 +48,14 @@ from pcsignal.channel import (
     UnknownPeer,
     WaitReplaced,
 )
-from pcsignal.web import TEXT, SignalingSite, refusal, respond_error
+from pcsignal.web import (
+    TEXT,
+    SignalingSite,
+    refusal,
+    refuse_method,
+    respond_error,
+    sign_in_limited,
+)
 
 PATH = b"/ws"
 SUBPROTOCOL = "pcsignal.v1"
@@ -316,6 +323,10 @@ class SignalingSocket(WebSocketServerProtocol):
             raw_name = quote(name, safe="").encode("ascii")
         except UnicodeEncodeError:
             raise BadFrame("Field 'name' is not valid Unicode.")
+        limited = sign_in_limited(self.factory.site.sign_in_limit, self.transport.getPeer())
+        if limited is not None:
+            self._refuse(seq, limited[1], 429, "sign_in_rate")
+            return
         self._busy = True
         d = self._channel.sign_in(raw_name)
         d.addCallbacks(self._signed_in, self._sign_in_failed, errbackArgs=(seq,))
@@ -580,8 +591,7 @@ class Upgrade(WebSocketResource):
 
     def render(self, request):
         if request.method != b"GET":
-            respond_error(request, 405, b"Method Not Allowed",
-                          "Only GET upgrades to a WebSocket.", "method_not_allowed")
+            refuse_method(request, (b"GET",))
         elif self.site.stopping:
             respond_error(request, 503, b"Service Unavailable", str(ShuttingDown()),
                           "shutting_down")

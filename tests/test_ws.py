@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 
+import aiohttp
 import pytest
 
 from conftest import start_pcsignal
@@ -73,7 +74,7 @@ def test_plain_requests_to_ws_are_refused(server):
     answer = native(url, "GET", "/ws")
     assert (answer.status, answer.body) == (426, b"This path takes WebSocket connections only.")
     answer = native(url, "POST", "/ws", b"x")
-    assert answer.status == 405
+    assert (answer.status, answer.header(b"Allow")) == (405, b"GET, OPTIONS")
     # An upgrade autobahn cannot accept: its 400, and the server goes on.
     answer = native_raw(url, b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -385,6 +386,33 @@ def test_refusals_are_error_frames_with_the_http_statuses_and_texts(serve):
     sock.send({"type": "message", "to": 12345, "data": "z"})
     assert sock.expect("error") == {"type": "error", "status": 500, "text": "Peer most likely gone."}
     sock.close()
+
+
+def test_sign_ins_over_websocket_share_the_address_rate_limit(serve):
+    _, url = serve("--sign-in-rate", "0.1", "--sign-in-burst", "2")
+    first, second, third = Socket(url), Socket(url), Socket(url)
+    first.sign_in("one")
+    assert native(url, "GET", "/sign_in?two").status == 200
+    third.send({"type": "sign_in", "name": "three", "seq": 9})
+    refused = third.expect("error")
+    assert (refused["seq"], refused["status"]) == (9, 429)
+    assert re.fullmatch(r"Too many sign-ins from your address; retry in \d+ s\.", refused["text"])
+    for sock in (first, second, third):
+        sock.close()
+
+
+def test_websockets_count_toward_the_connection_cap(serve):
+    process, url = serve("--max-connections", "3")
+    sockets = [Socket(url) for _ in range(3)]
+    with pytest.raises(aiohttp.ClientError):
+        Socket(url)  # the fourth connection is closed before a byte is read
+    process.wait_for_log(r"refused connection from 127\.0\.0\.1:\d+: 3 open: max_connections")
+    sockets.pop().close()
+    until(lambda: metric(url, "pcsignal_websockets") == 2, what="one socket closed")
+    sockets.append(Socket(url))  # room again
+    assert sockets[-1].sign_in("fits")["peers"] == []
+    for sock in sockets:
+        sock.close()
 
 
 # -- liveness and shutdown -------------------------------------------------------------

@@ -64,9 +64,13 @@ class Socket:
         async def connect():
             self.session = aiohttp.ClientSession()
             context = ssl.create_default_context(cadata=ca_pem.decode()) if ca_pem else True
-            ws = await self.session.ws_connect(
-                ws_url(http_url), protocols=protocols, autoping=autoping, ssl=context,
-                max_msg_size=0)
+            try:
+                ws = await self.session.ws_connect(
+                    ws_url(http_url), protocols=protocols, autoping=autoping, ssl=context,
+                    max_msg_size=0)
+            except BaseException:
+                await self.session.close()
+                raise
             self._inbox = asyncio.Queue()
             self._reader = asyncio.ensure_future(self._pump(ws))
             return ws
