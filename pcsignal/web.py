@@ -563,7 +563,6 @@ def refuse_method(request: SignalingRequest, methods: tuple) -> None:
                   b"Allow: " + b", ".join(methods + (b"OPTIONS",)) + b"\r\n")
 
 
-# GET or POST, as the reference accepts; never HEAD, which must not change state.
 def sign_in_limited(limit: Optional[TokenBuckets], address) -> Optional[tuple[int, str]]:
     """
     None if a sign-in from this address is within the rate limit (and takes
@@ -578,6 +577,7 @@ def sign_in_limited(limit: Optional[TokenBuckets], address) -> Optional[tuple[in
     return seconds, "Too many sign-ins from your address; retry in %d s." % (seconds,)
 
 
+# GET or POST, as the reference accepts; never HEAD, which must not change state.
 class SignIn(Endpoint):
     methods = (b"GET", b"POST")
 
