@@ -239,31 +239,38 @@
     /** The socket dropped: get our peer back on a new one, retrying until the server answers. */
     async _resume() {
       let retryIn = RETRY_FIRST_MS;
+      let unreachable = false;
       const id = this.id;
       while (this.id === id && id !== null) {
-        this._emit("unreachable", { retryIn: retryIn });
-        await new Promise((resolve) => setTimeout(resolve, retryIn));
-        retryIn = Math.min(retryIn * 2, RETRY_MAX_MS);
-        if (this.id !== id) return;
         const ws = await openSocket(this.server);
-        if (!ws) continue;
+        // Closed again before answering counts as unreachable too.
+        const frame = ws && this.id === id ? await this._resumeOver(ws, id) : null;
         if (this.id !== id) {
-          ws.close(1000);
+          if (ws) ws.close(1000);
           return;
         }
-        ws.send(JSON.stringify({ type: "resume", id: id, token: this._token, last: this._last }));
-        const frame = await firstFrame(ws);
-        if (frame && frame.type === "resumed") {
+        if (!frame) {
+          unreachable = true;
+          this._emit("unreachable", { retryIn: retryIn });
+          await new Promise((resolve) => setTimeout(resolve, retryIn));
+          retryIn = Math.min(retryIn * 2, RETRY_MAX_MS);
+          continue;
+        }
+        if (frame.type === "resumed") {
           this._attach(ws);
-          this._emit("reachable", {});
+          if (unreachable) this._emit("reachable", {});
           return;
         }
-        if (frame === null) continue; // closed again before answering
         ws.close(1000);
         this._forget();
         this._emit("signedout", { reason: FORGOTTEN });
         return;
       }
+    }
+
+    _resumeOver(ws, id) {
+      ws.send(JSON.stringify({ type: "resume", id: id, token: this._token, last: this._last }));
+      return firstFrame(ws);
     }
 
     _write(frame) {
