@@ -72,6 +72,7 @@ OCTETS = b"application/octet-stream"
 CLOSE_SIGNED_OUT = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_NOT_UTF8 = 1007
+CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_REPLACED = 4409
 CLOSE_PEER_GONE = 4500
@@ -160,6 +161,7 @@ class SignalingSocket(WebSocketServerProtocol):
     _ping_at = 0.0
     _settle = None  # IDelayedCall of the ping for a quiet tail
     _tick = None  # IDelayedCall of the next liveness check
+    _deadline = None  # IDelayedCall: sign in or resume by then
     _parking = False
     _again = False
     _opened = False  # counted in factory.open_count
@@ -197,6 +199,8 @@ class SignalingSocket(WebSocketServerProtocol):
         self._opened = True
         self.factory.open_count += 1
         self._tick = self._clock.callLater(self.factory.ping_interval, self._liveness)
+        # As a silent HTTP connection is cut, so is a socket that serves no peer.
+        self._deadline = self._clock.callLater(self.factory.site.request_timeout, self._too_slow)
 
     def processData(self):
         """
@@ -245,10 +249,10 @@ class SignalingSocket(WebSocketServerProtocol):
         if self._opened:
             self._opened = False
             self.factory.open_count -= 1
-        for timer in (self._tick, self._settle):
+        for timer in (self._tick, self._settle, self._deadline):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._tick = self._settle = None
+        self._tick = self._settle = self._deadline = None
         peer_id = self._release()
         if peer_id is None:
             return
@@ -497,6 +501,14 @@ class SignalingSocket(WebSocketServerProtocol):
             self._tick.cancel()
             self._tick = None
             self.dropConnection(abort=True)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.peer_id is None and not self._busy:
+            timeout = self.factory.site.request_timeout
+            self.factory.site.count_rejection(
+                "request_timeout", "WebSocket without sign_in or resume within %gs" % (timeout,))
+            self._close(CLOSE_POLICY, "No sign_in or resume within %g s." % (timeout,))
 
     def _wait_failed(self, failure: Failure, peer_id: int) -> None:
         self._wait = None

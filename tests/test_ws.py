@@ -445,6 +445,18 @@ def test_a_parked_socket_counts_as_live(serve):
     bob.close()
 
 
+def test_a_socket_that_serves_no_peer_is_closed_at_the_request_timeout(serve):
+    process, url = serve("--request-timeout", "0.5")
+    idle, active = Socket(url), Socket(url)
+    active_id = active.sign_in("active")["id"]
+    closed = idle.expect_closed()
+    assert (closed.code, closed.reason) == (1008, "No sign_in or resume within 0.5 s.")
+    process.wait_for_log(r"refused WebSocket without sign_in or resume within 0.5s: request_timeout")
+    active.send({"type": "message", "to": active_id, "data": "still open"})
+    assert active.expect("message")["data"] == "still open"
+    active.close()
+
+
 def test_shutdown_closes_sockets_with_going_away(server):
     process, url = server
     sock = Socket(url)
