@@ -15,6 +15,7 @@ obstacle.
 """
 
 import re
+import time
 
 import pytest_twisted
 from playwright.sync_api import expect
@@ -410,6 +411,14 @@ async def test_pages_on_websocket_and_on_hanging_gets_call_each_other(chromium, 
         chat(ws_page, http_page, "from a WebSocket")
 
         wendy = ws_page.evaluate("pcsignal.app.client.id")
+        # Once the pages' pongs have settled all they were sent, nothing is
+        # held for wendy: the /wait below gets nothing but its refusal.
+        held = Browser(url)
+        deadline = time.monotonic() + 10
+        while b"\npcsignal_queued_items 0.0\n" not in held.request("GET", "/metrics")[1]:
+            assert time.monotonic() < deadline, "signaling never settled"
+            time.sleep(0.05)
+        held.close()
         taken = Browser(url)
         response, body = taken.request("GET", "/wait?peer_id=%d" % (wendy,))
         assert (response.status, body) == (409, b"Replaced by a newer /wait for this peer.")

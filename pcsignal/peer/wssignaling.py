@@ -207,9 +207,12 @@ class WebSocketSignalingClient(SignalingClient):
         try:
             # Written in order at once; each fires on its ack.  Messages
             # queued while the socket is down wait for the resume.
-            while self._outbox and self._ws is not None and not self._ws.closed:
+            while self._outbox:
+                if self.peer_id is not None and (self._ws is None or self._ws.closed):
+                    break  # signed in, the socket is being resumed
                 to_id, body, d = self._outbox.popleft()
                 if self.peer_id is None:
+                    self.log.warn("not sending a message to {to}: not signed in", to=to_id)
                     d.errback(NotSignedIn("not signed in"))
                     continue
                 self._seq += 1
@@ -228,7 +231,7 @@ class WebSocketSignalingClient(SignalingClient):
                     break
         finally:
             self._sending = False
-            if not self._outbox or self.peer_id is None:
+            if not self._outbox:
                 drained, self._drained = self._drained, []
                 for d in drained:
                     d.callback(None)
