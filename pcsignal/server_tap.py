@@ -395,11 +395,13 @@ def makeService(config, reactor=None):
             tuple(config["turn-uris"]), tuple(config["stun-uris"]), config["turn-ttl"]),
         turn_secret=config["turn-secret"],
     )
-    ws.mount(site, channel, config["ping-interval"], reactor)
+    sockets = ws.mount(site, channel, config["ping-interval"], reactor)
     top = service.MultiService()
     SignalingService(channel, site, config["state-file"]).setServiceParent(top)
     endpoints = config["endpoints"] + internal
-    make_reloader(config, reactor, channel, site, endpoints, max_connections).setServiceParent(top)
+    reloader = make_reloader(config, reactor, channel, site, endpoints, max_connections)
+    reloader.register(setting("ping-interval", lambda v: setattr(sockets, "ping_interval", v)))
+    reloader.setServiceParent(top)
     listeners = [ListenerService(e, site, reactor=reactor) for e in config["endpoints"]]
     if internal:
         internal_site = InternalSite(channel, metrics, reactor=reactor)

@@ -144,8 +144,10 @@ _decode = json.JSONDecoder().decode
 class SignalingSocket(WebSocketServerProtocol):
     """One client's socket; serves at most one peer at a time."""
 
-    # site.drain() closes connections without a request in progress.
+    # site.drain() closes connections without a request in progress (and
+    # not fresh: this one was upgraded from a request).
     requests = ()
+    fresh = False
     # autobahn logs every failed handshake and failed connection at warn: a
     # client could flood the log.  pcsignal counts and logs those refusals
     # itself (site.count_rejection); autobahn keeps its errors.
@@ -174,7 +176,9 @@ class SignalingSocket(WebSocketServerProtocol):
         f.site.connections.add(self)  # counted like any connection (cap, drain)
         self._channel = f.channel
         self._clock = f.clock
-        self._max = f.max_message_bytes
+        # The limit in force when the socket opened (a reload applies to new sockets).
+        self._max = self.maxFramePayloadSize = self.maxMessagePayloadSize = \
+            f.site.max_message_bytes
         self._handlers = {
             "message": self._on_message,
             "sign_in": self._on_sign_in,
@@ -564,8 +568,7 @@ class SignalingSocketFactory(WebSocketServerFactory):
         self.channel = channel
         self.site = site
         self.clock = clock
-        self.ping_interval = ping_interval
-        self.max_message_bytes = site.max_message_bytes
+        self.ping_interval = ping_interval  # read at each check: a reload applies at once
         self.sockets: dict[int, SignalingSocket] = {}  # peer id -> the socket serving it
         self.open_count = 0
         self._presence = (None, b"")
@@ -573,8 +576,6 @@ class SignalingSocketFactory(WebSocketServerFactory):
             webStatus=False,
             # Checked where it is cheaper: strict UTF-8 decoding of the whole frame.
             utf8validateIncoming=False,
-            maxFramePayloadSize=site.max_message_bytes,
-            maxMessagePayloadSize=site.max_message_bytes,
             # Close with a code (1009 for oversize) instead of just dropping.
             failByDrop=False,
             autoPingInterval=0,

@@ -293,3 +293,23 @@ async def test_pcpeer_resumes_its_socket_after_losing_it(pcsignal_server):
     assert a.signaling.peer_id == a_id  # the same peer, never signed out
     await a.stop()
     await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pcpeer_over_websocket_drops_a_frame_too_large_and_stays(run_twistd):
+    _, url = start_pcsignal(run_twistd, "--max-message-bytes", str(1024 * 1024))
+    a = api_peer(url, "a")
+    a_id = await a.start()
+    assert a.signaling.using == "websocket"
+    received = defer.Deferred().addTimeout(20, reactor)
+    a.signaling.once("message", lambda peer_id, body: received.callback(body))
+    response = await treq.get(url + "/sign_in?raw")
+    raw_id = int(response.headers.getRawHeaders("Pragma")[0])
+    await treq.content(response)
+    for body in (b"x" * (300 * 1024), b"after the big one"):
+        answer = await treq.post("%s/message?peer_id=%d&to=%d" % (url, raw_id, a_id), data=body)
+        assert answer.code == 200
+        await treq.content(answer)
+    assert await received == b"after the big one"  # the big one dropped; the peer stays
+    assert a.signaling.peer_id == a_id
+    await a.stop()

@@ -432,6 +432,22 @@ def test_a_socket_that_stops_answering_pings_is_dropped_and_its_peer_stays(serve
     again.close()
 
 
+def test_sighup_applies_a_new_ping_interval_and_frame_limit(serve, tmp_path):
+    config = tmp_path / "pcsignal.conf"
+    config.write_text("--ping-interval 60 --max-message-bytes 1000\n")
+    process, url = serve("--config", str(config))
+    config.write_text("--ping-interval 0.3 --max-message-bytes 100\n")
+    process.proc.send_signal(signal.SIGHUP)
+    process.wait_for_log(r"reloaded .*--max-message-bytes 1000 -> 100.*--ping-interval 60(\.0)? -> 0\.3")
+    # A socket opened now has the new frame limit, and is pinged at the new pace.
+    sock = Socket(url, autoping=False)
+    sock.send_text('{"type": "sign_in", "name": "%s"}' % ("x" * 90,))
+    assert sock.expect_closed().code == 1009
+    quiet = Socket(url, autoping=False)
+    quiet.sign_in("quiet")
+    process.wait_for_log(r"no pong from peer \d+ within 0.3s: dropping its socket")
+
+
 def test_a_parked_socket_counts_as_live(serve):
     _, url = serve("--peer-timeout", "1", "--ping-interval", "0.2")
     alice, bob = Socket(url), Socket(url)

@@ -31,7 +31,13 @@ from typing import Optional
 import aiohttp
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
-from pcsignal.peer.signaling import NotSignedIn, SignalingClient, SignalingError, _describe
+from pcsignal.peer.signaling import (
+    MAX_ANSWER_BYTES,
+    NotSignedIn,
+    SignalingClient,
+    SignalingError,
+    _describe,
+)
 
 SUBPROTOCOL = "pcsignal.v1"
 CONNECT_TIMEOUT = 10.0
@@ -65,6 +71,7 @@ class WebSocketSignalingClient(SignalingClient):
         self._last = 0  # highest n handled
         self._seq = 0
         self._unacked: dict[int, Deferred] = {}
+        self._too_large = False  # the socket closed on a frame over MAX_ANSWER_BYTES
 
     # -- the session loop (SignalingClient's, per transport) --------------------------
 
@@ -181,6 +188,13 @@ class WebSocketSignalingClient(SignalingClient):
                 if not await sleep:
                     return None
                 continue
+            if self._too_large:
+                # The frame was the next numbered one: skip it, as an HTTP
+                # answer that large is dropped.
+                self._too_large = False
+                self._last += 1
+                self.log.warn("dropped a message: a frame of more than {limit} bytes",
+                              limit=MAX_ANSWER_BYTES)
             await self._send_frame({"type": "resume", "id": self.peer_id, "token": self._token,
                                     "last": self._last})
             frame = await self._receive()
@@ -263,7 +277,7 @@ class WebSocketSignalingClient(SignalingClient):
             await _deferred(self._ws.close())  # a refused sign-in's socket
         connect = self._session.ws_connect(
             websocket_url(self.server_url), protocols=(SUBPROTOCOL,),
-            timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=0)
+            timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=MAX_ANSWER_BYTES)
         try:
             d = _deferred(asyncio.wait_for(connect, CONNECT_TIMEOUT))
             self._pending = d
@@ -296,6 +310,9 @@ class WebSocketSignalingClient(SignalingClient):
                 except ValueError:
                     self.log.warn("ignoring a frame that is not JSON")
                     continue
+            if message.type == aiohttp.WSMsgType.ERROR and getattr(
+                    message.data, "code", None) == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+                self._too_large = True
             if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
                                 aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                 return None
