@@ -198,7 +198,7 @@ def test_browser_and_pcpeer_call_each_other(chromium, pcsignal_server, run_twist
         sign_in(alice, "alice")
         # Both sides signal over WebSocket (the server offers it).
         assert alice.evaluate("pcsignal.app.client.transport") == "websocket"
-        assert re.search(r"signed in to .* as pattern \(\d+\) over WebSocket", pattern.output())
+        assert re.search(r"signed in to .* as pattern \(\d+\); .*, over WebSocket", pattern.output())
         peer_button(alice, "pattern").click()
         expect_connected(alice, "pattern")
         # Chromium decodes pcpeer's test pattern...

@@ -29,10 +29,11 @@ import json
 from typing import Optional
 
 import aiohttp
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 
 from pcsignal.peer.signaling import (
     MAX_ANSWER_BYTES,
+    SIGN_IN_TIMEOUT,
     NotSignedIn,
     SignalingClient,
     SignalingError,
@@ -40,7 +41,6 @@ from pcsignal.peer.signaling import (
 )
 
 SUBPROTOCOL = "pcsignal.v1"
-CONNECT_TIMEOUT = 10.0
 # Upgrade answers that mean "busy, later", not "no WebSocket here".
 _RETRY_LATER = (429, 503)
 _PEER_GONE = 4500
@@ -97,7 +97,7 @@ class WebSocketSignalingClient(SignalingClient):
         self._last = 0
         self.peers = {peer["id"]: peer["name"] for peer in frame["peers"]}
         self.log.info(
-            "signed in to {url} as {name} ({id}) over WebSocket; {count} other peer(s)",
+            "signed in to {url} as {name} ({id}); {count} other peer(s), over WebSocket",
             url=self.server_url, name=self.server_name, id=self.peer_id, count=len(self.peers))
         for pid, name in old_peers.items():
             if pid not in self.peers:
@@ -279,9 +279,12 @@ class WebSocketSignalingClient(SignalingClient):
             websocket_url(self.server_url), protocols=(SUBPROTOCOL,),
             timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=MAX_ANSWER_BYTES)
         try:
-            d = _deferred(asyncio.wait_for(connect, CONNECT_TIMEOUT))
+            d = _deferred(asyncio.wait_for(connect, SIGN_IN_TIMEOUT))
             self._pending = d
             self._ws = await d
+        except asyncio.TimeoutError:
+            # As over HTTP, so the reason is explained the same way (plain HTTP on https://).
+            raise TimeoutError("no answer within %g s" % (SIGN_IN_TIMEOUT,))
         except aiohttp.WSServerHandshakeError as e:
             if e.status in _RETRY_LATER:
                 raise SignalingError("the WebSocket upgrade answered %d" % (e.status,))
