@@ -144,10 +144,12 @@ _decode = json.JSONDecoder().decode
 class SignalingSocket(WebSocketServerProtocol):
     """One client's socket; serves at most one peer at a time."""
 
-    # site.drain() closes connections without a request in progress (and
-    # not fresh: this one was upgraded from a request).
+    # What site.drain() reads from every connection: no HTTP request in
+    # progress, not fresh (upgraded from a request), no answer to settle
+    # (a socket settles its own by pings).
     requests = ()
     fresh = False
+    answer = None
     # autobahn logs every failed handshake and failed connection at warn: a
     # client could flood the log.  pcsignal counts and logs those refusals
     # itself (site.count_rejection); autobahn keeps its errors.

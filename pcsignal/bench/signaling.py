@@ -519,6 +519,31 @@ async def hold(
 # -- command line ----------------------------------------------------------------
 
 
+def _comparison(result: dict) -> list[str]:
+    """A relay-compare result: one row per target, and each as a ratio of PeerJS's."""
+    lines = ["relay, %d pairs, %d-byte messages, median of %d round(s):"
+             % (result["pairs"], result["message_bytes"], result["rounds"]),
+             "%-16s %10s %9s %9s %14s" % ("", "msgs/s", "p50 ms", "p99 ms", "server CPU us/msg")]
+    for label, row in result["summary"].items():
+        lines.append("%-16s %10s %9s %9s %14s" % (
+            label, row["messages_per_second"], row["p50_ms"], row["p99_ms"],
+            row["server_cpu_us_per_message"]))
+    base = result["summary"].get("peerjs")
+    for label, row in result["summary"].items():
+        if label == "peerjs" or not base:
+            continue
+        ratios = []
+        if row["messages_per_second"] and base["messages_per_second"]:
+            ratios.append("%.2fx its msgs/s" % (
+                row["messages_per_second"] / base["messages_per_second"],))
+        if row["server_cpu_us_per_message"] and base["server_cpu_us_per_message"]:
+            ratios.append("%.2fx its CPU per message" % (
+                row["server_cpu_us_per_message"] / base["server_cpu_us_per_message"],))
+        if ratios:
+            lines.append("%s against peerjs: %s" % (label, ", ".join(ratios)))
+    return lines
+
+
 def summary(result: dict) -> str:
     """The result as a few human-readable lines."""
     scenario = result["scenario"]
@@ -541,6 +566,11 @@ def summary(result: dict) -> str:
                 % (delivery["sent"], delivery["received"], delivery["lost"],
                    delivery["duplicated"], delivery["out_of_order"], delivery["abandoned_waits"])
             )
+        if result.get("server_cpu_us_per_message") is not None:
+            lines.append("server CPU per relayed message: %s us"
+                         % (result["server_cpu_us_per_message"],))
+    elif scenario == "relay-compare":
+        lines.extend(_comparison(result))
     elif scenario == "storm":
         lines.append(
             "storm: %d peers, %s in %.2fs (sign-ins took %.2fs), %d pushes = %.1f pushes/s"
@@ -660,6 +690,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     relay_parser.add_argument("--abandon-after", type=positive_float, default=0.005, metavar="SECONDS", help="seconds from sending an abandoned /wait to resetting its connection (default 0.005)")
     relay_parser.add_argument("--seed", type=int, help="random seed for choosing the waits to abandon")
+    relay_parser.add_argument(
+        "--transport", choices=("http", "ws"), action="append",
+        help="hanging GETs (http, the default) or pcsignal's WebSocket (ws); given twice, "
+             "both in one run")
+    relay_parser.add_argument(
+        "--peerjs", metavar="URL",
+        help="also relay through a PeerJS server (npm peer) at this URL, e.g. "
+             "http://127.0.0.1:9000 (its --path), in the same run")
+    relay_parser.add_argument("--peerjs-pid", type=int, metavar="PID",
+                              help="pid of that PeerJS server: report its CPU time")
+    relay_parser.add_argument(
+        "--rounds", type=positive_int, default=1,
+        help="with several targets: run them in turn this many times, report the medians "
+             "(default 1)")
 
     storm_parser = scenarios.add_parser(
         "storm",
@@ -722,10 +766,17 @@ async def run(args: argparse.Namespace, loop: str) -> dict:
     if args.scenario in hostile.SCENARIOS:
         return await hostile.run(args, server)
     if args.scenario == "relay":
-        return await relay(
-            args.url, args.pairs, args.seconds, args.messages, args.size, args.timeout, server,
-            args.abandon, args.abandon_after, args.seed,
-        )
+        transports = args.transport or ["http"]
+        relay_args = dict(pairs=args.pairs, seconds=args.seconds, messages=args.messages,
+                          size=args.size, timeout=args.timeout, abandon=args.abandon,
+                          abandon_after=args.abandon_after, seed=args.seed)
+        if len(transports) == 1 and not args.peerjs:
+            return await relay(args.url, server=server, transport=transports[0], **relay_args)
+        targets = [("pcsignal-" + t, args.url, t, server) for t in dict.fromkeys(transports)]
+        if args.peerjs:
+            peerjs = ProcessStats(args.peerjs_pid) if args.peerjs_pid else None
+            targets.append(("peerjs", args.peerjs, "peerjs", peerjs))
+        return await compare(targets, args.rounds, **relay_args)
     if args.scenario == "storm":
         return await storm(
             args.url, args.peers, args.timeout, args.idle_timeout, args.processes, loop, server
