@@ -4,6 +4,7 @@ from setuptools import find_packages, setup
 # checks every import against this): `pip install pcsignal` is the server
 # alone; pcpeer, the load generators, the tests and the docs are extras.
 PEER = [
+    "aiohttp>=3.9",
     "aiortc>=1.16.0",  # RTCConfiguration.iceTransportPolicy (--relay-only)
     "aioice>=0.12.0",
     "av>=12.0.0",
@@ -51,6 +52,8 @@ setup(
         # txredisapi parses replies with it when installed, at a fraction of
         # the CPU of its own parser.
         "hiredis>=2.0",
+        "autobahn>=26.10.2",
+        "txaio>=23.1.1",
     ],
     extras_require={
         "peer": PEER,

@@ -25,7 +25,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.python import usage
 
-from pcsignal import ice, logs, __version__, state
+from pcsignal import ice, logs, ws, __version__, state
 from pcsignal.channel import Limits, random_ids, sequential_ids
 from pcsignal.channel.memory import MemoryChannel
 from pcsignal.channel.redis import RedisChannel
@@ -67,8 +67,8 @@ class Options(CheckedOptions):
     longdesc = (
         "WebRTC signaling server, wire-compatible with WebRTC's example "
         "peerconnection_server (sign_in / wait / message / sign_out over HTTP "
-        "with hanging GETs), serving a browser client at / and Prometheus "
-        "metrics at /metrics."
+        "with hanging GETs) and over a WebSocket at /ws, one channel behind "
+        "both, serving a browser client at / and Prometheus metrics at /metrics."
     )
 
     optParameters = [
@@ -108,6 +108,9 @@ class Options(CheckedOptions):
          "in this process's memory.", parse_redis_url],
         ["redis-prefix", None, "pcsignal:", "Prefix of every Redis key and channel, so "
          "several deployments can share one Redis."],
+        ["ping-interval", None, 10.0, "Ping every WebSocket this often; a socket that "
+         "leaves a ping unanswered this long is dropped (its peer may resume within "
+         "--peer-timeout).", positive_float],
         ["log-level", None, "info", "Least severe pcsignal events logged: debug (adds "
          "one line per message relayed; never bodies), info (sign-in, sign-out, "
          "timeouts, refusals), warn, error, critical."],
@@ -405,10 +408,13 @@ def makeService(config, reactor=None):
             tuple(config["turn-uris"]), tuple(config["stun-uris"]), config["turn-ttl"]),
         turn_secret=config["turn-secret"],
     )
+    sockets = ws.mount(site, channel, config["ping-interval"], reactor)
     top = service.MultiService()
     SignalingService(channel, site, config["state-file"]).setServiceParent(top)
     endpoints = config["endpoints"] + internal
-    make_reloader(config, reactor, channel, site, endpoints, max_connections).setServiceParent(top)
+    reloader = make_reloader(config, reactor, channel, site, endpoints, max_connections)
+    reloader.register(setting("ping-interval", lambda v: setattr(sockets, "ping_interval", v)))
+    reloader.setServiceParent(top)
     listeners = [ListenerService(e, site, reactor=reactor) for e in config["endpoints"]]
     if internal:
         internal_site = InternalSite(channel, metrics, reactor=reactor)

@@ -155,14 +155,20 @@ def respond_error(request: "SignalingRequest", code: int, reason: bytes, text: s
     respond(request, code, reason, text.encode("utf-8"), extra=extra)
 
 
+def refusal(error: ChannelError) -> tuple[int, bytes, str]:
+    """A channel refusal's HTTP status, reason phrase and metrics label (both transports)."""
+    code, reason = _STATUS[type(error)]
+    return code, reason, _REJECTION_REASON[type(error)]
+
+
 def respond_failure(request: "SignalingRequest", failure: Failure) -> None:
     """Answer a failed channel call; anything unexpected is a logged 500."""
     if failure.check(CancelledError):
         return  # the client left first; nothing to answer
     error = failure.value
     if isinstance(error, ChannelError):
-        code, reason = _STATUS[type(error)]
-        respond_error(request, code, reason, str(error), _REJECTION_REASON[type(error)])
+        code, reason, why = refusal(error)
+        respond_error(request, code, reason, str(error), why)
     else:
         request.site.log_failure(failure)
         respond(request, 500, b"Internal Server Error", b"Internal server error.")
@@ -455,10 +461,7 @@ class SignalingHTTPChannel(HTTPChannel):
             self.answer.lost(reason, self.isSecure())
         self._cancel_deadline()
         HTTPChannel.connectionLost(self, reason)
-        self.site.connections.discard(self)
-        if not self.site.connections and self.site._drained is not None:
-            d, self.site._drained = self.site._drained, None
-            d.callback(None)
+        self.site.connection_lost(self)
 
     def _cancel_deadline(self):
         if self._deadline is not None:
@@ -563,6 +566,20 @@ def refuse_method(request: SignalingRequest, methods: tuple) -> None:
                   b"Allow: " + b", ".join(methods + (b"OPTIONS",)) + b"\r\n")
 
 
+def sign_in_limited(limit: Optional[TokenBuckets], address) -> Optional[tuple[int, str]]:
+    """
+    None if a sign-in from this address is within the rate limit (and takes
+    its token), else (seconds to wait, the refusal's text); both transports.
+    """
+    if limit is None:
+        return None
+    wait = limit.take(address_key(address))
+    if not wait:
+        return None
+    seconds = retry_after(wait)
+    return seconds, "Too many sign-ins from your address; retry in %d s." % (seconds,)
+
+
 # GET or POST, as the reference accepts; never HEAD, which must not change state.
 class SignIn(Endpoint):
     methods = (b"GET", b"POST")
@@ -572,14 +589,12 @@ class SignIn(Endpoint):
         self.limit = limit
 
     def handle(self, request):
-        if self.limit is not None:
-            wait = self.limit.take(address_key(request.getClientAddress()))
-            if wait:
-                seconds = retry_after(wait)
-                respond_error(request, 429, b"Too Many Requests",
-                              "Too many sign-ins from your address; retry in %d s." % (seconds,),
-                              "sign_in_rate", b"Retry-After: %d\r\n" % (seconds,))
-                return
+        limited = sign_in_limited(self.limit, request.getClientAddress())
+        if limited is not None:
+            seconds, text = limited
+            respond_error(request, 429, b"Too Many Requests", text, "sign_in_rate",
+                          b"Retry-After: %d\r\n" % (seconds,))
+            return
         raw_name = query(request)
         _, error = decode_strictly(raw_name, "name")
         if error is not None:
@@ -904,6 +919,13 @@ class SignalingSite(server.Site):
                 for request in conn.requests:
                     request.gone = True
                 conn.transport.loseConnection()
+
+    def connection_lost(self, conn) -> None:
+        """A connection (HTTP, or WebSocket since its upgrade) closed."""
+        self.connections.discard(conn)
+        if not self.connections and self._drained is not None:
+            d, self._drained = self._drained, None
+            d.callback(None)
 
     def _abort_all(self):
         for conn in list(self.connections):

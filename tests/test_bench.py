@@ -93,6 +93,38 @@ def test_delivery_check_counts_lost_duplicated_and_out_of_order():
     }
 
 
+def test_relay_over_websocket_reports_cpu_per_message(pcsignal_server):
+    proc, url = pcsignal_server
+    code, result = run_bench(
+        url, "relay", "--transport", "ws", "--pairs", "2", "--messages", "200",
+        "--server-pid", str(proc.proc.pid))
+    assert code == 0, result
+    assert (result["transport"], result["messages"], result["errors"]) == ("ws", 200, 0)
+    assert result["latency"]["count"] == 200
+    assert result["server_cpu_us_per_message"] == pytest.approx(
+        result["server_cpu_seconds"] / 200 * 1e6, abs=0.1)
+    assert signed_in_peers(url) == []
+
+
+def test_relay_compares_targets_in_one_run(pcsignal_server):
+    proc, url = pcsignal_server
+    code, result = run_bench(
+        url, "relay", "--transport", "ws", "--transport", "http", "--pairs", "1",
+        "--messages", "50", "--rounds", "2", "--server-pid", str(proc.proc.pid))
+    assert code == 0, result
+    assert result["scenario"] == "relay-compare" and result["rounds"] == 2
+    assert sorted(result["summary"]) == ["pcsignal-http", "pcsignal-ws"]
+    for label, runs in result["runs"].items():
+        assert [run["messages"] for run in runs] == [50, 50], label
+        assert [run["transport"] for run in runs] == [label.split("-")[1]] * 2
+        row = result["summary"][label]
+        assert row["server_cpu_us_per_message"] in sorted(
+            run["server_cpu_us_per_message"] for run in runs)
+    summary = bench.summary(result)
+    assert "pcsignal-ws" in summary and "server CPU us/msg" in summary
+    assert signed_in_peers(url) == []
+
+
 @pytest.mark.parametrize("processes", [1, 3])
 def test_storm_every_peer_learns_every_other(pcsignal_server, processes):
     proc, url = pcsignal_server

@@ -15,9 +15,14 @@ obstacle.
 """
 
 import re
+import time
+
+import pytest_twisted
 from playwright.sync_api import expect
+from twisted.internet import threads
 
 from conftest import start_pcsignal
+from httpclients import Browser
 from browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -191,6 +196,9 @@ def test_browser_and_pcpeer_call_each_other(chromium, pcsignal_server, run_twist
     def browser_calls_pcpeer(browser):
         alice = open_page(browser, url, height=680)  # the screenshot's size
         sign_in(alice, "alice")
+        # Both sides signal over WebSocket (the server offers it).
+        assert alice.evaluate("pcsignal.app.client.transport") == "websocket"
+        assert re.search(r"signed in to .* as pattern \(\d+\); .*, over WebSocket", pattern.output())
         peer_button(alice, "pattern").click()
         expect_connected(alice, "pattern")
         # Chromium decodes pcpeer's test pattern...
@@ -369,3 +377,63 @@ def test_browser_calls_are_recorded_with_their_video(chromium, pcsignal_server, 
     counts = [decoded_video_frames(path) for path in recordings]
     assert all(count >= 100 for count in counts), (counts, recorder.output())
     assert "Traceback" not in recorder.output()
+
+
+# -- WebSocket and hanging GETs --------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_pages_on_websocket_and_on_hanging_gets_call_each_other(chromium, pcsignal_server):
+    """
+    One page talks to pcsignal directly (WebSocket), the other through a
+    proxy that has no /ws, as the reference server (hanging GETs); they list
+    each other and call.  Then the WebSocket page loses its socket (a
+    /wait for its id takes the peer over) and resumes on a new one.
+    """
+    from proxies import listen_without_websocket
+
+    _, url = pcsignal_server
+    port, plain_url = listen_without_websocket(url)
+
+    def scenario(browser):
+        ws_page = open_page(browser, url)
+        sign_in(ws_page, "wendy")
+        http_page = open_page(browser, url)
+        http_page.click("#server-details summary")
+        http_page.fill("#server", plain_url)
+        sign_in(http_page, "hank")
+        assert ws_page.evaluate("pcsignal.app.client.transport") == "websocket"
+        assert http_page.evaluate("pcsignal.app.client.transport") == "http"
+        peer_button(ws_page, "hank").click()
+        expect_connected(ws_page, "hank")
+        expect_connected(http_page, "wendy")
+        chat(http_page, ws_page, "from hanging GETs")
+        chat(ws_page, http_page, "from a WebSocket")
+
+        wendy = ws_page.evaluate("pcsignal.app.client.id")
+        # Once the pages' pongs have settled all they were sent, nothing is
+        # held for wendy: the /wait below gets nothing but its refusal.
+        held = Browser(url)
+        deadline = time.monotonic() + 10
+        while b"\npcsignal_queued_items 0.0\n" not in held.request("GET", "/metrics")[1]:
+            assert time.monotonic() < deadline, "signaling never settled"
+            time.sleep(0.05)
+        held.close()
+        taken = Browser(url)
+        response, body = taken.request("GET", "/wait?peer_id=%d" % (wendy,))
+        assert (response.status, body) == (409, b"Replaced by a newer /wait for this peer.")
+        taken.close()
+        # Resumed: still signed in as the same peer, and signaling still works.
+        expect(ws_page.locator("#banner")).to_be_hidden()
+        assert ws_page.evaluate("pcsignal.app.client.id") == wendy
+        ws_page.click("#hang-up")
+        expect_idle(ws_page)
+        expect_idle(http_page)
+        assert ws_page.js_errors == [] and http_page.js_errors == []
+        ws_page.context.close()
+        http_page.context.close()
+
+    try:
+        await threads.deferToThread(chromium.run, scenario, chromium.browser)
+    finally:
+        await port.stopListening()

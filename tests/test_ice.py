@@ -17,11 +17,6 @@ import time
 
 import pytest
 import pytest_twisted
-import treq
-from treq.client import HTTPClient
-from twisted.internet import reactor
-from twisted.web import resource, server
-from twisted.web.client import Agent, HTTPConnectionPool
 
 from pcsignal import ice
 from pcsignal.peer.call import CallConfig
@@ -32,6 +27,7 @@ from pcsignal.turn_secret import TurnSecret, UnusableSecretFile
 from conftest import ROOT, TWISTD, start_pcsignal
 from httpclients import Browser, native
 from peers import PEER_ARGS, api_peer, frames_from, in_thread
+from proxies import listen_like_the_reference
 
 SECRET = "correct horse battery staple"
 TURN_URIS = ["turn:turn.example.org:3478?transport=udp", "turns:turn.example.org:5349?transport=tcp"]
@@ -255,53 +251,11 @@ def test_own_ice_servers_win_over_the_server():
     assert asking.calls._ice_source is not None
 
 
-REFERENCE_SORRY = b"<html><body>Sorry, not yet implemented</body></html>"
-
-
-class ReferenceLike(resource.Resource):
-    """
-    pcsignal behind a small proxy that answers /ice-servers the way the
-    reference server answers every path it lacks (500 Sorry, an HTML body).
-    """
-
-    isLeaf = True
-
-    def __init__(self, upstream):
-        resource.Resource.__init__(self)
-        self.upstream = upstream
-        self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-
-    def render(self, request):
-        if request.path == ice.PATH:
-            request.setResponseCode(500, b"Sorry")
-            request.setHeader(b"Content-Type", b"text/html")
-            return REFERENCE_SORRY
-        d = self.http.request(request.method.decode(), self.upstream + request.uri.decode(),
-                              data=request.content.read() or None)
-        gone = []
-        d.addCallback(lambda response: treq.content(response).addCallback(
-            lambda body: gone or self.answer(request, response, body)))
-        # A client that leaves (a parked /wait at the end) takes its upstream request along.
-        request.notifyFinish().addErrback(lambda _: (gone.append(True), d.cancel()))
-        d.addErrback(lambda _: None)
-        return server.NOT_DONE_YET
-
-    def answer(self, request, response, body):
-        request.setResponseCode(response.code)
-        for name in (b"Pragma", b"Content-Type"):
-            value = response.headers.getRawHeaders(name)
-            if value:
-                request.setHeader(name, value[0])
-        request.write(body)
-        request.finish()
-
-
 @pytest.mark.usefixtures("loopback_ice")
 @pytest_twisted.ensureDeferred
 async def test_pcpeer_against_a_server_without_the_endpoint(pcsignal_server, run_twistd):
     _, url = pcsignal_server
-    port = reactor.listenTCP(0, server.Site(ReferenceLike(url)), interface="127.0.0.1")
-    reference_url = "http://127.0.0.1:%d" % (port.getHost().port,)
+    port, reference_url = listen_like_the_reference(url, (ice.PATH,))
     try:
         # Started without blocking: the proxy needs the reactor running.
         b = run_twistd("pcpeer", "--server", reference_url, "--name", "b", *PEER_ARGS)

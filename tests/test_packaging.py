@@ -122,7 +122,7 @@ def test_every_import_is_declared_for_the_part_that_uses_it(monkeypatch):
 
 
 # Everything the extras add: a server-only install has none of these.
-EXTRA_MODULES = ("aiortc", "aioice", "av", "numpy", "pyee", "treq", "txaio",
+EXTRA_MODULES = ("aiortc", "aioice", "av", "numpy", "pyee", "treq",
                  "aiohttp", "yarl", "uvloop", "psutil")
 
 

@@ -14,13 +14,14 @@ import av
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 
 from pcsignal import protocol
 from pcsignal.peer.pattern import TestPatternLayout, read_text
 
 from conftest import start_pcsignal
-from peers import api_peer, frames_from, in_thread, start_peer
+from peers import PEER_ARGS, api_peer, frames_from, in_thread, start_peer
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 
@@ -68,7 +69,7 @@ def test_two_daemons_call_record_bye_and_sign_out(pcsignal_server, run_twistd, t
     sign_out(url, b_id)
     a2.wait_for_log(r"call with b \(%d\) ended \(peer signed out\)" % (b_id,))
     # B notices it was forgotten and signs in again by itself.
-    b.wait_for_log(r"server answered \d+ on /wait: it has forgotten us")
+    b.wait_for_log(r"server (answered \d+ on /wait|closed our socket \(4500\)): it has forgotten us")
     b.wait_for_log(r"signed in to .* as b \((?!%d\))\d+\)" % (b_id,))
     assert a2.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
     assert b.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
@@ -111,15 +112,24 @@ def free_port():
 
 
 @pytest_twisted.ensureDeferred
-async def test_daemon_signs_in_again_after_server_restart(run_twistd):
+@pytest.mark.parametrize("transport", ["http", "ws"])
+async def test_daemon_signs_in_again_after_server_restart(run_twistd, transport):
     listen = "tcp:%d:interface=127.0.0.1" % (free_port(),)
     server, url = start_pcsignal(run_twistd, "--listen", listen)
-    b, b_id = start_peer(run_twistd, url, "b", "--retry-delay=0.5", "--max-retry-delay=1")
+    b, b_id = start_peer(run_twistd, url, "b", "--retry-delay=0.5", "--max-retry-delay=1",
+                         "--transport", transport)
     assert server.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
-    await in_thread(b, r"no longer signed in: the hanging GET failed")
-    await in_thread(b, r"cannot sign in to .*refused.*; retrying in")
+    if transport == "http":
+        await in_thread(b, r"no longer signed in: the hanging GET failed")
+        await in_thread(b, r"cannot sign in to .*refused.*; retrying in")
+    else:
+        await in_thread(b, r"socket to .* closed \(1001\): resuming")
+        await in_thread(b, r"cannot resume at .*Connect call failed.*; retrying in")
     # Back on the same port: B signs in again without help, and can be called.
     server, _ = start_pcsignal(run_twistd, "--listen", listen)
+    if transport == "ws":
+        await in_thread(b, r"no longer signed in: the server refused to resume \(500 Peer most "
+                           r"likely gone.\): it has forgotten us")
     await in_thread(b, r"signed in to .* as b \((?!%d\))\d+\)" % (b_id,))
     caller = api_peer(url, "a")
     await caller.start()
@@ -167,7 +177,7 @@ def test_restart_of_a_sequential_id_server_keeps_the_peer_that_took_our_old_id(r
     server, url = start_pcsignal(run_twistd, "--listen", listen, "--sequential-ids")
     b, b_id = start_peer(run_twistd, url, "b", "--call", "x", "--retry-delay=2", "--max-retry-delay=2")
     assert server.stop() == -signal.SIGTERM  # twistd re-raises SIGTERM after a clean stop
-    b.wait_for_log(r"cannot sign in to .*; retrying in")
+    b.wait_for_log(r"cannot (sign in to|resume at) .*; retrying in")  # hanging GETs | WebSocket
     # The new server numbers from the start again: x signs in first, with b's old id.
     start_pcsignal(run_twistd, "--listen", listen, "--sequential-ids")
     with urllib.request.urlopen(url + "/sign_in?x", timeout=10) as response:
@@ -212,7 +222,9 @@ async def test_hostile_messages_cost_a_line_each_and_harm_no_call(run_twistd):
         await treq.content(answer)
 
     await post(b"x" * (600 * 1024))
-    await in_thread(b, r"dropped a message: an answer of more than 262144 bytes \(from peer %d\)" % (raw_id,))
+    # Over hanging GETs the answer is read up to the limit; over WebSocket the frame.
+    await in_thread(b, r"dropped a message: (an answer of more than 262144 bytes \(from peer %d\)|"
+                       r"a frame of more than 262144 bytes)" % (raw_id,))
     for _ in range(200):
         await post(b"BYE")
     for _ in range(50):
@@ -235,3 +247,71 @@ async def test_hostile_messages_cost_a_line_each_and_harm_no_call(run_twistd):
     assert "no longer signed in" not in output and "Traceback" not in output
     assert max(len(line) for line in output.splitlines()) < 2000
     assert b.stop() == -signal.SIGTERM
+
+
+@pytest_twisted.ensureDeferred
+async def test_auto_transport_falls_back_to_hanging_gets_without_websocket(pcsignal_server, run_twistd):
+    from proxies import listen_without_websocket
+
+    _, url = pcsignal_server
+    port, plain_url = listen_without_websocket(url)
+    try:
+        # Started without blocking: the proxy needs the reactor running.
+        b = run_twistd("pcpeer", "--server", plain_url, "--name", "b", *PEER_ARGS)
+        await in_thread(b, r"has no WebSocket transport \(the upgrade answered 500\): using hanging GETs")
+        await in_thread(b, r"signed in to .* as b \(\d+\); ")
+        caller = api_peer(url, "a")  # straight to pcsignal: over WebSocket
+        await caller.start()
+        assert caller.signaling.using == "websocket"
+        call = await caller.call("b")
+        await call.wait_first_frame("video")
+        await in_thread(b, frames_from("a"))
+        await caller.stop()
+        b.stop()
+        assert "Traceback" not in b.output()
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pcpeer_resumes_its_socket_after_losing_it(pcsignal_server):
+    _, url = pcsignal_server
+    a, b = api_peer(url, "a"), api_peer(url, "b")
+    a_id = await a.start()
+    await b.start()
+    # Once a's client proved it read b's arrival (a pong), nothing is held for a.
+    while b"pcsignal_queued_items 0.0" not in await treq.content(await treq.get(url + "/metrics")):
+        await deferLater(reactor, 0.05)
+    # A hanging GET for a's id takes the peer over: the server closes a's
+    # socket (4409), and a resumes on a new one, taking it back.
+    taken = treq.get("%s/wait?peer_id=%d" % (url, a_id))
+    response = await taken
+    assert response.code == 409
+    assert (await treq.content(response)) == b"Replaced by a newer /wait for this peer."
+    received = defer.Deferred()
+    a.signaling.once("message", lambda peer_id, body: received.callback((peer_id, body)))
+    await b.signaling.send(a_id, b"after the resume")
+    assert await received == (b.signaling.peer_id, b"after the resume")
+    assert a.signaling.peer_id == a_id  # the same peer, never signed out
+    await a.stop()
+    await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pcpeer_over_websocket_drops_a_frame_too_large_and_stays(run_twistd):
+    _, url = start_pcsignal(run_twistd, "--max-message-bytes", str(1024 * 1024))
+    a = api_peer(url, "a")
+    a_id = await a.start()
+    assert a.signaling.using == "websocket"
+    received = defer.Deferred().addTimeout(20, reactor)
+    a.signaling.once("message", lambda peer_id, body: received.callback(body))
+    response = await treq.get(url + "/sign_in?raw")
+    raw_id = int(response.headers.getRawHeaders("Pragma")[0])
+    await treq.content(response)
+    for body in (b"x" * (300 * 1024), b"after the big one"):
+        answer = await treq.post("%s/message?peer_id=%d&to=%d" % (url, raw_id, a_id), data=body)
+        assert answer.code == 200
+        await treq.content(answer)
+    assert await received == b"after the big one"  # the big one dropped; the peer stays
+    assert a.signaling.peer_id == a_id
+    await a.stop()

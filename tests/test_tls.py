@@ -107,6 +107,21 @@ async def test_https_certificate_is_verified(https_server):
     assert "certificate verify failed" in str(failure.value.reasons[0].value)
 
 
+def test_websocket_over_tls_on_the_same_listener(https_server):
+    from wsclients import Socket
+
+    _, base, ca_pem = https_server
+    alice, bob = Socket(base, ca_pem=ca_pem), Socket(base, ca_pem=ca_pem)
+    alice_id = alice.sign_in("alice")["id"]
+    bob.sign_in("bob")
+    alice.expect("peer")
+    bob.send({"type": "message", "to": alice_id, "data": "over wss", "seq": 1})
+    assert bob.expect("ack")["seq"] == 1
+    assert alice.expect("message")["data"] == "over wss"
+    alice.close()
+    bob.close()
+
+
 # -- Chromium over HTTPS ---------------------------------------------------------
 
 

@@ -248,10 +248,12 @@ class Crowd:
     signed-in peer yet (from its sign-in list and notifications).
     """
 
-    def __init__(self, session: aiohttp.ClientSession, base: str, prefix: str):
+    def __init__(self, session: aiohttp.ClientSession, base: str, prefix: str,
+                 peer_class: Callable = BenchPeer):
         self.session = session
         self.base = base.rstrip("/")
         self.prefix = prefix
+        self.peer_class = peer_class  # BenchPeer, or a WebSocket one (bench.sockets)
         self.peers: list[BenchPeer] = []
         self.errors: list[str] = []
         self.lost: list[str] = []
@@ -269,7 +271,7 @@ class Crowd:
 
     def add(self, name: str, base: Optional[str] = None) -> BenchPeer:
         """A new peer, speaking to the crowd's server or to ``base``."""
-        peer = BenchPeer(self.session, (base or self.base).rstrip("/"), name)
+        peer = self.peer_class(self.session, (base or self.base).rstrip("/"), name)
         peer.on_notification = self._notified
         peer.on_lost = self._lost
         self.peers.append(peer)

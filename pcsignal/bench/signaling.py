@@ -55,6 +55,7 @@ from pcsignal.bench.peers import (
 )
 from pcsignal.bench.percentiles import percentile
 from pcsignal.bench.processes import ProcessStats
+from pcsignal.bench.sockets import PeerJSBenchPeer, WebSocketBenchPeer
 from pcsignal.bench.workers import WorkerPool, own_cpu_seconds
 from pcsignal.fds import raise_open_files_limit as raise_fd_limit  # one socket per peer
 from pcsignal.options import fraction, positive_float, positive_int
@@ -134,6 +135,15 @@ class CpuMeter:
         return round(self._total() - self._before, 2)
 
 
+# What relay's --transport names: the simulated client, and whether the
+# server tells peers about each other (PeerJS does not).
+TRANSPORTS = {
+    "http": (BenchPeer, True),
+    "ws": (WebSocketBenchPeer, True),
+    "peerjs": (PeerJSBenchPeer, False),
+}
+
+
 async def relay(
     url: str,
     pairs: int,
@@ -147,6 +157,7 @@ async def relay(
     seed: Optional[int] = None,
     second_url: Optional[str] = None,
     extras: Optional[CpuMeter] = None,
+    transport: str = "http",
 ) -> dict:
     """
     P pairs ping-pong one message at a time each, for seconds or messages.
@@ -155,12 +166,13 @@ async def relay(
     abandoned (see BenchPeer).  With second_url, each pair's second peer
     uses that server.
     """
+    peer_class, presence = TRANSPORTS[transport]
     loop = asyncio.get_running_loop()
     async with new_session() as session:
-        crowd = Crowd(session, url, _prefix("relay"))
+        crowd = Crowd(session, url, _prefix("relay"), peer_class)
         peers = crowd.add_many(2 * pairs, (url, second_url) if second_url else (url,))
         await crowd.sign_in_one_by_one(peers)
-        settled = await crowd.until_everyone_knows_everyone(timeout, timeout)
+        settled = await crowd.until_everyone_knows_everyone(timeout, timeout) if presence else True
         latencies: list[float] = []
         errors = list(crowd.errors)
         if not settled:
@@ -270,6 +282,8 @@ async def relay(
                 pass
         abandoned = sum(peer.abandoned for peer in peers)
         lost = list(crowd.lost)
+        for peer in peers:
+            errors.extend(getattr(peer, "errors", ()))  # error frames (WebSocket)
         errors.extend(await crowd.sign_out_all())
     checks = {peer.name: delivery_check(sent[peer.peer_id], received[peer.peer_id])
               for peer in peers if peer.peer_id is not None}
@@ -283,6 +297,7 @@ async def relay(
     delivery["abandoned_waits"] = abandoned
     result = {
         "scenario": "relay",
+        "transport": transport,
         "url": url,
         "second_url": second_url,
         "pairs": pairs,
@@ -300,10 +315,61 @@ async def relay(
         result["abandon"] = {"fraction": abandon, "after_seconds": abandon_after}
     if server is not None:
         result["server_cpu_seconds"] = round(server_cpu, 2)
+        result["server_cpu_us_per_message"] = (
+            round(server_cpu / len(latencies) * 1e6, 1) if latencies else None)
         result["server_rss_mib"] = server.rss_mib()
     if extras:
         result["extra_cpu_seconds"] = extra_cpu
     return result
+
+
+async def compare(
+    targets: list[tuple[str, str, str, Optional[ProcessStats]]],
+    rounds: int,
+    **relay_args,
+) -> dict:
+    """
+    The relay scenario against several targets (label, url, transport,
+    server) in one run: round after round, each target in turn, so that
+    whatever else loads the machine loads them alike.  Per target: the
+    median of its rounds.
+    """
+    runs: dict[str, list[dict]] = {label: [] for label, _, _, _ in targets}
+    for _ in range(rounds):
+        for label, url, transport, server in targets:
+            runs[label].append(await relay(url, server=server, transport=transport, **relay_args))
+
+    def median(label, *path):
+        values = []
+        for run in runs[label]:
+            value = run
+            for key in path:
+                value = value.get(key) if value is not None else None
+            if value is not None:
+                values.append(value)
+        return None if not values else sorted(values)[(len(values) - 1) // 2]
+
+    summary = {
+        label: {
+            "messages_per_second": median(label, "messages_per_second"),
+            "p50_ms": median(label, "latency", "p50_ms"),
+            "p99_ms": median(label, "latency", "p99_ms"),
+            "server_cpu_us_per_message": median(label, "server_cpu_us_per_message"),
+            "errors": sum(run["errors"] for run in runs[label]),
+        }
+        for label in runs
+    }
+    errors = [sample for label in runs for run in runs[label] for sample in run["error_samples"]]
+    return {
+        "scenario": "relay-compare",
+        "rounds": rounds,
+        "pairs": relay_args["pairs"],
+        "message_bytes": relay_args["size"],
+        "summary": summary,
+        "runs": runs,
+        "errors": sum(item["errors"] for item in summary.values()),
+        "error_samples": errors[:10],
+    }
 
 
 async def _sign_in_and_hand_over(
@@ -488,6 +554,31 @@ async def hold(
 # -- command line ----------------------------------------------------------------
 
 
+def _comparison(result: dict) -> list[str]:
+    """A relay-compare result: one row per target, and each as a ratio of PeerJS's."""
+    lines = ["relay, %d pairs, %d-byte messages, median of %d round(s):"
+             % (result["pairs"], result["message_bytes"], result["rounds"]),
+             "%-16s %10s %9s %9s %14s" % ("", "msgs/s", "p50 ms", "p99 ms", "server CPU us/msg")]
+    for label, row in result["summary"].items():
+        lines.append("%-16s %10s %9s %9s %14s" % (
+            label, row["messages_per_second"], row["p50_ms"], row["p99_ms"],
+            row["server_cpu_us_per_message"]))
+    base = result["summary"].get("peerjs")
+    for label, row in result["summary"].items():
+        if label == "peerjs" or not base:
+            continue
+        ratios = []
+        if row["messages_per_second"] and base["messages_per_second"]:
+            ratios.append("%.2fx its msgs/s" % (
+                row["messages_per_second"] / base["messages_per_second"],))
+        if row["server_cpu_us_per_message"] and base["server_cpu_us_per_message"]:
+            ratios.append("%.2fx its CPU per message" % (
+                row["server_cpu_us_per_message"] / base["server_cpu_us_per_message"],))
+        if ratios:
+            lines.append("%s against peerjs: %s" % (label, ", ".join(ratios)))
+    return lines
+
+
 def summary(result: dict) -> str:
     """The result as a few human-readable lines."""
     scenario = result["scenario"]
@@ -497,8 +588,9 @@ def summary(result: dict) -> str:
     elif scenario == "relay":
         latency = result["latency"]
         lines.append(
-            "relay: %d pairs, %d messages in %.2fs = %.1f msgs/s"
-            % (result["pairs"], result["messages"], result["seconds"], result["messages_per_second"])
+            "relay (%s): %d pairs, %d messages in %.2fs = %.1f msgs/s"
+            % (result.get("transport", "http"), result["pairs"], result["messages"], result["seconds"],
+               result["messages_per_second"])
         )
         lines.append(_latency_line("one-way latency", latency))
         if "delivery" in result:
@@ -509,6 +601,11 @@ def summary(result: dict) -> str:
                 % (delivery["sent"], delivery["received"], delivery["lost"],
                    delivery["duplicated"], delivery["out_of_order"], delivery["abandoned_waits"])
             )
+        if result.get("server_cpu_us_per_message") is not None:
+            lines.append("server CPU per relayed message: %s us"
+                         % (result["server_cpu_us_per_message"],))
+    elif scenario == "relay-compare":
+        lines.extend(_comparison(result))
     elif scenario == "storm":
         lines.append(
             "storm: %d peers, %s in %.2fs (sign-ins took %.2fs), %d pushes = %.1f pushes/s"
@@ -645,6 +742,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="a second server (another instance on the same Redis): each pair has a peer on "
         "each, so every message crosses from one to the other",
     )
+    relay_parser.add_argument(
+        "--transport", choices=("http", "ws"), action="append",
+        help="hanging GETs (http, the default) or pcsignal's WebSocket (ws); given twice, "
+             "both in one run")
+    relay_parser.add_argument(
+        "--peerjs", metavar="URL",
+        help="also relay through a PeerJS server (npm peer) at this URL, e.g. "
+             "http://127.0.0.1:9000 (its --path), in the same run")
+    relay_parser.add_argument("--peerjs-pid", type=int, metavar="PID",
+                              help="pid of that PeerJS server: report its CPU time")
+    relay_parser.add_argument(
+        "--rounds", type=positive_int, default=1,
+        help="with several targets: run them in turn this many times, report the medians "
+             "(default 1)")
 
     storm_parser = scenarios.add_parser(
         "storm",
@@ -708,10 +819,18 @@ async def run(args: argparse.Namespace, loop: str) -> dict:
     if args.scenario in hostile.SCENARIOS:
         return await hostile.run(args, server)
     if args.scenario == "relay":
-        return await relay(
-            args.url, args.pairs, args.seconds, args.messages, args.size, args.timeout, server,
-            args.abandon, args.abandon_after, args.seed, args.second_url, extras,
-        )
+        transports = args.transport or ["http"]
+        relay_args = dict(pairs=args.pairs, seconds=args.seconds, messages=args.messages,
+                          size=args.size, timeout=args.timeout, abandon=args.abandon,
+                          abandon_after=args.abandon_after, seed=args.seed)
+        if len(transports) == 1 and not args.peerjs:
+            return await relay(args.url, server=server, transport=transports[0],
+                               second_url=args.second_url, extras=extras, **relay_args)
+        targets = [("pcsignal-" + t, args.url, t, server) for t in dict.fromkeys(transports)]
+        if args.peerjs:
+            peerjs = ProcessStats(args.peerjs_pid) if args.peerjs_pid else None
+            targets.append(("peerjs", args.peerjs, "peerjs", peerjs))
+        return await compare(targets, args.rounds, **relay_args)
     if args.scenario == "storm":
         return await storm(
             args.url, args.peers, args.timeout, args.idle_timeout, args.processes, loop, server,
@@ -742,7 +861,7 @@ def event_loop_runner(choice: str) -> tuple[str, Callable]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    for pid in filter(None, [args.server_pid] + args.extra_pid):
+    for pid in filter(None, [args.server_pid, getattr(args, "peerjs_pid", None)] + args.extra_pid):
         if not psutil.pid_exists(pid):
             print("pcsignal-bench: no process %d on this machine" % (pid,), file=sys.stderr)
             return 2

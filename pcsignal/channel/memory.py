@@ -336,9 +336,10 @@ class MemoryChannel:
         """Give the parked wait an item, if one can be handed out."""
         if member.waiter is not None and member.ready():
             d = self._unpark(member)
-            # Timer first: the callback may park the next wait at once.
-            self._arm_timeout(member)
             d.callback(member.take())
+            # A transport that re-parks at once (WebSocket) never needs the timer.
+            if member.waiter is None and self._members.get(member.peer_id) is member:
+                self._arm_timeout(member)
 
     def _forget(self, item: Item) -> None:
         self.queued_count -= 1

@@ -34,6 +34,7 @@ from pcsignal.peer.framework import api_future
 from pcsignal.peer.ice import configuration_from_server, describe_servers
 from pcsignal.peer.media import SharedSource, pattern_source
 from pcsignal.peer.signaling import DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY, SignalingClient, SignalingError
+from pcsignal.peer.wssignaling import WebSocketSignalingClient
 
 
 class Peer:
@@ -49,10 +50,12 @@ class Peer:
         reactor=None,
         retry_delay: float = DEFAULT_RETRY_DELAY,
         max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
+        transport: str = "auto",
     ) -> None:
         self.log = logs.logger("pcpeer")
-        self.signaling = SignalingClient(
-            server_url, name, reactor=reactor, retry_delay=retry_delay, max_retry_delay=max_retry_delay
+        self.signaling = signaling_client(
+            server_url, name, transport, reactor=reactor, retry_delay=retry_delay,
+            max_retry_delay=max_retry_delay
         )
         config = config or CallConfig()
         self.calls = CallManager(
@@ -140,6 +143,16 @@ class Peer:
             await self.calls.dial(peer_id, name)
         except Exception as e:
             self.log.warn("cannot call {name} ({id}): {e}", name=name, id=peer_id, e=e)
+
+
+def signaling_client(server_url: str, name: str, transport: str = "auto", **kwargs) -> SignalingClient:
+    """
+    The signaling client for a transport: "http" (hanging GETs), "ws"
+    (WebSocket), or "auto" (WebSocket, else hanging GETs); same API and events.
+    """
+    if transport == "http":
+        return SignalingClient(server_url, name, **kwargs)
+    return WebSocketSignalingClient(server_url, name, transport, **kwargs)
 
 
 async def _fail(error: Exception):

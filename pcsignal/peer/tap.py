@@ -26,7 +26,7 @@ from pcsignal.peer.recording import RECORDABLE_KINDS, record_folder_problem
 
 
 #: What ``pip install 'pcsignal[peer]'`` adds to the server-only install.
-PEER_MODULES = ("aiortc", "av", "numpy", "treq", "txaio", "pyee")
+PEER_MODULES = ("aiortc", "av", "numpy", "treq", "txaio", "pyee", "aiohttp")
 
 
 def require_peer_extra() -> None:
@@ -114,6 +114,12 @@ def _server_url(text: str) -> str:
     return text
 
 
+def _transport(text: str) -> str:
+    if text not in ("auto", "ws", "http"):
+        raise BadValue("must be auto, ws or http, not %r" % (text,))
+    return text
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -133,6 +139,9 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["server", None, "http://127.0.0.1:8888", "Signaling server URL.", _named("server", _server_url)],
+        ["transport", None, "auto", "Signaling over ws (pcsignal's WebSocket), http (hanging "
+         "GETs), or auto: WebSocket, else hanging GETs (a server without /ws, like the "
+         "reference).", _named("transport", _transport)],
         ["name", None, None, "Name to sign in with [default: user@host]."],
         ["call", "c", None, "Call this peer (name or id) as soon as it is listed."],
         ["play", None, None, "Send this file, URL or device (read with PyAV) instead of the test pattern."],
@@ -283,6 +292,7 @@ def makeService(options):
         reactor=options["reactor"],
         retry_delay=options["retry-delay"],
         max_retry_delay=options["max-retry-delay"],
+        transport=options["transport"],
     )
     top = MultiService()
     PeerService(peer).setServiceParent(top)

@@ -1,15 +1,20 @@
 /*
- * The peerconnection signaling protocol (PROTOCOL.md) over fetch.
+ * The peerconnection signaling protocol (PROTOCOL.md), over pcsignal's
+ * WebSocket (/ws) when the server offers it, else over fetch.
  *
- * One SignalingClient is one signed-in peer: it keeps one hanging GET
- * /wait open (re-issued right after every answer) and posts messages strictly
- * one at a time, in order, the way the native client does.  It knows nothing
- * about WebRTC: it reports peers coming and going and opaque message texts.
+ * One SignalingClient is one signed-in peer.  Over WebSocket, one socket
+ * carries everything; a dropped socket is resumed on a new one (with the
+ * sign-in token and the number of the last frame handled, so nothing is
+ * handled twice).  Over HTTP (a server without /ws, like the reference), it
+ * keeps one hanging GET /wait open (re-issued right after every answer) and
+ * posts messages strictly one at a time, in order, the way the native client
+ * does.  It knows nothing about WebRTC: it reports peers coming and going
+ * and opaque message texts.
  *
  * Events (CustomEvent, details in brackets):
  *   peer          {id, name, connected}   someone signed in or out
  *   message       {from, text}            a message posted by another peer
- *   unreachable   {retryIn}               /wait failed at network level; retrying
+ *   unreachable   {retryIn}               the server could not be reached; retrying
  *   reachable     {}                      the server answers again
  *   signedout     {reason}                the server no longer knows us
  */
@@ -19,6 +24,12 @@
   const RETRY_FIRST_MS = 500;
   const RETRY_MAX_MS = 8000;
   const ICE_SERVERS_TIMEOUT_MS = 5000;
+  const SOCKET_OPEN_TIMEOUT_MS = 5000;
+  const SUBPROTOCOL = "pcsignal.v1";
+  const CLOSE_PEER_GONE = 4500;
+  const FORGOTTEN =
+    "The server no longer knows this session (it restarted, or this page was " +
+    "asleep for too long). Sign in again to continue.";
 
   /** Parse "name,id,connected\n" lines; the name is all before the last two commas. */
   function parseEntries(text) {
@@ -68,6 +79,43 @@
 
   class PeerGoneError extends Error {}
 
+  /** An open WebSocket to server's /ws, or null if it has none (or cannot be reached). */
+  function openSocket(server) {
+    return new Promise((resolve) => {
+      let ws;
+      try {
+        ws = new WebSocket(server.replace(/^http/i, "ws") + "/ws", SUBPROTOCOL);
+      } catch (e) {
+        resolve(null);
+        return;
+      }
+      const timer = setTimeout(() => ws.close(), SOCKET_OPEN_TIMEOUT_MS);
+      ws.onopen = () => {
+        clearTimeout(timer);
+        resolve(ws);
+      };
+      ws.onclose = () => {
+        clearTimeout(timer);
+        resolve(null);
+      };
+    });
+  }
+
+  /** The first frame on a socket (JSON), or null if it closed first. */
+  function firstFrame(ws) {
+    return new Promise((resolve) => {
+      ws.onmessage = (event) => resolve(JSON.parse(event.data));
+      ws.onclose = () => resolve(null);
+    });
+  }
+
+  /** A message frame's body as text (a body that is not UTF-8 comes base64-encoded). */
+  function frameText(frame) {
+    if (typeof frame.data === "string") return frame.data;
+    const bytes = Uint8Array.from(atob(frame.data_base64), (c) => c.charCodeAt(0));
+    return new TextDecoder().decode(bytes);
+  }
+
   class SignalingClient extends EventTarget {
     constructor(serverUrl) {
       super();
@@ -76,6 +124,14 @@
       this.name = null;
       this._abort = null;
       this._sendQueue = Promise.resolve();
+      /** "websocket" or "http": how this client talks to the server. */
+      this.transport = null;
+      this._ws = null;
+      this._token = null;
+      this._last = 0; // n of the last frame handled
+      this._seq = 0;
+      this._unacked = new Map(); // seq -> {resolve, reject}
+      this._outbox = []; // frames waiting for the socket to come back
     }
 
     get signedIn() {
@@ -87,10 +143,13 @@
     }
 
     /**
-     * GET /sign_in?NAME.  Resolves to the list of other connected peers and
-     * starts the hanging GET.  Rejects with a readable message.
+     * Sign in over WebSocket if the server has /ws, else GET /sign_in?NAME
+     * and the hanging GET.  Resolves to the list of other connected peers.
+     * Rejects with a readable message.
      */
     async signIn(name) {
+      const ws = await openSocket(this.server);
+      if (ws) return this._signInOver(ws, name);
       let response, body;
       try {
         response = await fetch(this.server + "/sign_in?" + encodeURIComponent(name), {
@@ -112,9 +171,111 @@
       const me = entries.find((entry) => entry.id === id);
       this.id = id;
       this.name = me ? me.name : name;
+      this.transport = "http";
       this._abort = new AbortController();
       this._waitLoop(this._abort.signal);
       return entries.filter((entry) => entry.id !== id && entry.connected);
+    }
+
+    async _signInOver(ws, name) {
+      ws.send(JSON.stringify({ type: "sign_in", name: name }));
+      const frame = await firstFrame(ws);
+      if (!frame || frame.type !== "signed_in") {
+        ws.close();
+        const reason = frame && frame.type === "error" ? " (" + frame.status + ": " + frame.text + ")" : "";
+        throw new Error("The server at " + this.server + " refused to sign in" + reason + ".");
+      }
+      this.transport = "websocket";
+      this.id = frame.id;
+      this.name = frame.name;
+      this._token = frame.token;
+      this._last = 0;
+      this._attach(ws);
+      return frame.peers.map((peer) => ({ id: peer.id, name: peer.name, connected: true }));
+    }
+
+    /** Frames from the server, and what to do when the socket closes. */
+    _attach(ws) {
+      this._ws = ws;
+      ws.onmessage = (event) => this._frame(JSON.parse(event.data));
+      ws.onclose = (event) => {
+        if (this._ws !== ws) return; // replaced, or we closed it
+        this._ws = null;
+        for (const pending of this._unacked.values()) {
+          pending.reject(new Error("Can't reach the server to deliver a message."));
+        }
+        this._unacked.clear();
+        if (event.code === CLOSE_PEER_GONE) {
+          this._forget();
+          this._emit("signedout", { reason: FORGOTTEN });
+        } else {
+          this._resume();
+        }
+      };
+      for (const frame of this._outbox.splice(0)) this._write(frame);
+    }
+
+    _frame(frame) {
+      if (frame.n !== undefined) {
+        if (frame.n <= this._last) return; // handled before the socket dropped
+        this._last = frame.n;
+      }
+      if (frame.type === "peer") {
+        if (frame.id !== this.id) {
+          this._emit("peer", { id: frame.id, name: frame.name, connected: frame.connected });
+        }
+      } else if (frame.type === "message") {
+        this._emit("message", { from: frame.from, text: frameText(frame) });
+      } else if (frame.type === "ack" || frame.type === "error") {
+        const pending = this._unacked.get(frame.seq);
+        if (!pending) return;
+        this._unacked.delete(frame.seq);
+        if (frame.type === "ack") pending.resolve();
+        else if (frame.status === 500) pending.reject(new PeerGoneError(frame.text));
+        else pending.reject(new Error(frame.text));
+      }
+    }
+
+    /** The socket dropped: get our peer back on a new one, retrying until the server answers. */
+    async _resume() {
+      let retryIn = RETRY_FIRST_MS;
+      let unreachable = false;
+      const id = this.id;
+      while (this.id === id && id !== null) {
+        const ws = await openSocket(this.server);
+        // Closed again before answering counts as unreachable too.
+        const frame = ws && this.id === id ? await this._resumeOver(ws, id) : null;
+        if (this.id !== id) {
+          if (ws) ws.close(1000);
+          return;
+        }
+        if (!frame) {
+          unreachable = true;
+          this._emit("unreachable", { retryIn: retryIn });
+          await new Promise((resolve) => setTimeout(resolve, retryIn));
+          retryIn = Math.min(retryIn * 2, RETRY_MAX_MS);
+          continue;
+        }
+        if (frame.type === "resumed") {
+          this._attach(ws);
+          if (unreachable) this._emit("reachable", {});
+          return;
+        }
+        ws.close(1000);
+        this._forget();
+        this._emit("signedout", { reason: FORGOTTEN });
+        return;
+      }
+    }
+
+    _resumeOver(ws, id) {
+      ws.send(JSON.stringify({ type: "resume", id: id, token: this._token, last: this._last }));
+      return firstFrame(ws);
+    }
+
+    _write(frame) {
+      if (this._ws && this._ws.readyState === WebSocket.OPEN) this._ws.send(JSON.stringify(frame));
+      else this._outbox.push(frame);
     }
 
     async _waitLoop(signal) {
@@ -197,6 +358,15 @@
      */
     send(to, text) {
       const id = this.id;
+      if (this.transport === "websocket") {
+        if (id === null) return Promise.reject(new Error("Not signed in."));
+        this._seq += 1;
+        const seq = this._seq;
+        return new Promise((resolve, reject) => {
+          this._unacked.set(seq, { resolve: resolve, reject: reject });
+          this._write({ type: "message", to: to, data: text, seq: seq });
+        });
+      }
       const sent = this._sendQueue.then(async () => {
         if (id === null || id !== this.id) throw new Error("Not signed in.");
         let response;
@@ -224,12 +394,17 @@
     _forget() {
       if (this._abort) this._abort.abort();
       this._abort = null;
+      const ws = this._ws;
+      this._ws = null;
+      this._outbox = [];
+      if (ws) ws.close(1000);
       this.id = null;
     }
 
     /**
-     * GET /sign_out.  With keepalive the request outlives the page, so it can
-     * be used from pagehide.
+     * GET /sign_out (one channel serves both transports: this ends a
+     * WebSocket peer too).  With keepalive the request outlives the page, so
+     * it can be used from pagehide.
      */
     signOut(keepalive) {
       const id = this.id;
