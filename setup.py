@@ -19,8 +19,9 @@ BENCH = [
     "psutil>=5.9",
     "uvloop>=0.19; sys_platform != 'win32'",
 ]
-# The docs' API pages import pcpeer, so the docs need the peer extra too.
-DOCS = PEER + ["sphinx>=7.0"]
+# The docs' API pages import pcpeer, so the docs need the peer extra too;
+# matplotlib draws the benchmark charts at build time (docs/_ext).
+DOCS = PEER + ["sphinx>=7.0", "docutils>=0.18.1", "matplotlib>=3.5"]
 TEST = PEER + BENCH + DOCS + [
     "pytest>=8.0",
     "pytest-twisted>=1.14.1",

@@ -91,6 +91,8 @@ def third_party_imports(path):
 
 def extras_for(relative):
     """The extras a module may rely on, by where it lives."""
+    if relative.startswith(os.path.join("docs", "")):
+        return ("docs",)
     if relative == os.path.join("pcsignal", "bench", "calls.py"):
         return ("peer", "bench")
     if relative.startswith(os.path.join("pcsignal", "peer", "")):
@@ -106,7 +108,11 @@ def test_every_import_is_declared_for_the_part_that_uses_it(monkeypatch):
     core, extras = declared_requirements(monkeypatch)
     distributions = packages_distributions()
     undeclared = []
-    for directory, _, files in os.walk(os.path.join(ROOT, "pcsignal")):
+    # The package, and the docs' configuration and Sphinx extension.
+    folders = [os.path.join(ROOT, "pcsignal"), os.path.join(ROOT, "docs")]
+    for directory, _, files in (entry for folder in folders for entry in os.walk(folder)):
+        if os.path.join(ROOT, "docs", "_build") in directory:
+            continue
         for name in files:
             if not name.endswith(".py"):
                 continue
