@@ -134,8 +134,8 @@ class Options(CheckedOptions):
         CheckedOptions.__init__(self)
         self["listen"] = []
         self["internal-listen"] = []
-        self["turn-uris"] = []
-        self["stun-uris"] = []
+        self["turn-uri"] = []
+        self["stun-uri"] = []
         self["turn-secret"] = None
         self.argv: list[str] = []
         self._probing = False
@@ -153,11 +153,11 @@ class Options(CheckedOptions):
 
     def opt_turn_uri(self, uri):
         """TURN server for /ice-servers, e.g. turn:HOST:3478?transport=udp (repeatable; needs --turn-secret-file)."""
-        self["turn-uris"].append(_checked_uri("--turn-uri", ice.parse_turn_uri, uri))
+        self["turn-uri"].append(_checked_uri("--turn-uri", ice.parse_turn_uri, uri))
 
     def opt_stun_uri(self, uri):
         """STUN server for /ice-servers, e.g. stun:turn.example.org:3478; repeatable."""
-        self["stun-uris"].append(_checked_uri("--stun-uri", ice.parse_stun_uri, uri))
+        self["stun-uri"].append(_checked_uri("--stun-uri", ice.parse_stun_uri, uri))
 
     def opt_version(self):
         """Print the version and exit."""
@@ -216,11 +216,11 @@ class Options(CheckedOptions):
                                                     "8888 (the default)"))
         self["internal-endpoints"] = [check_endpoint(d, reactor, "internal-listen")
                                       for d in self["internal-listen"]]
-        if self["turn-uris"] and not self["turn-secret-file"]:
+        if self["turn-uri"] and not self["turn-secret-file"]:
             raise usage.UsageError("--turn-uri needs --turn-secret-file (the secret the "
                                    "TURN server checks credentials with)")
         if self["turn-secret-file"]:
-            if not self["turn-uris"]:
+            if not self["turn-uri"]:
                 raise usage.UsageError("--turn-secret-file needs at least one --turn-uri")
             try:
                 self["turn-secret"] = TurnSecret(self["turn-secret-file"])
@@ -362,7 +362,7 @@ def make_reloader(config, reactor, channel, site, endpoints, max_connections):
     reloader.register(_turn_secret_part(config["turn-secret"]))
     reloader.register(restart_only("listen", "port", "internal-listen", "sequential-ids",
                                    "redis", "redis-prefix",
-                                   "state-file", "turn-secret-file", "turn-uris", "stun-uris",
+                                   "state-file", "turn-secret-file", "turn-uri", "stun-uri",
                                    "turn-ttl"))
     return reloader
 
@@ -405,7 +405,7 @@ def makeService(config, reactor=None):
         max_connections=max_connections,
         internal_routes=not internal,
         ice_settings=ice.IceSettings(
-            tuple(config["turn-uris"]), tuple(config["stun-uris"]), config["turn-ttl"]),
+            tuple(config["turn-uri"]), tuple(config["stun-uri"]), config["turn-ttl"]),
         turn_secret=config["turn-secret"],
     )
     sockets = ws.mount(site, channel, config["ping-interval"], reactor)

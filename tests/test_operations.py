@@ -228,9 +228,9 @@ def test_sighup_applies_what_changed_and_refuses_a_bad_value(tmp_path, run_twist
     reload(p, r"reload of %s refused, nothing changed: --request-timeout must be positive, "
               r"not '-1' \(in --config %s\)$" % (source, source))
     assert native(url, "POST", send, b"z" * 25).status == 413  # still 20
-    write(config, changed + "--sequential-ids\n")
-    reload(p, r"reloaded %s: nothing changed; --sequential-ids differs but needs a restart$"
-           % source)
+    write(config, changed + "--sequential-ids\n--stun-uri stun:stun.example.net:3478\n")
+    reload(p, r"reloaded %s: nothing changed; --sequential-ids differs but needs a restart, "
+              r"--stun-uri differs but needs a restart$" % source)
     os.unlink(config)
     reload(p, r"reload of %s refused, nothing changed: --config %s: cannot read it: No such "
               r"file or directory$" % (source, source))
