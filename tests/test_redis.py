@@ -461,12 +461,13 @@ def test_websocket_peer_on_one_instance_and_hanging_get_peer_on_another(redis_se
         b"bob,%d,0\n" % bob, b"alice,%d,0\n" % alice_id]
 
 
-def test_resume_on_another_instance_after_a_killed_socket(redis_server, instances):
+@pytest.mark.parametrize("killed", ["socket", "instance"])
+def test_resume_on_another_instance_after_a_kill(redis_server, instances, killed):
     """
-    Alice's socket to x dies (no pongs: nothing it read is proven) while bob
-    on y keeps posting; she resumes on y with the last n she handled: what
-    was written to the dead socket after that comes again, then everything
-    queued meanwhile, in order, each once.
+    Alice's socket to x dies (no pongs: nothing it read is proven), or x
+    itself (``kill -9``), while bob on y keeps posting; she resumes on y
+    with the last n she handled: what was written to the dead socket after
+    that comes again, then everything queued meanwhile, in order, each once.
     """
     x, y = two_instances(redis_server, instances)
     alice = Socket(x.url, autoping=False)
@@ -478,7 +479,10 @@ def test_resume_on_another_instance_after_a_killed_socket(redis_server, instance
         assert send(y.url, bob, alice_id, b"before %d" % i).status == 200
     before = [alice.expect("message") for _ in range(3)]
     assert [f["n"] for f in before] == [first["n"] + 1, first["n"] + 2, first["n"] + 3]
-    alice.kill()
+    if killed == "socket":
+        alice.kill()
+    else:
+        x.kill()
     during = [b"during 0", b"\xff during 1", b"during 2"]
     for body in during:
         assert send(y.url, bob, alice_id, body).status == 200
@@ -498,9 +502,10 @@ def test_resume_on_another_instance_after_a_killed_socket(redis_server, instance
     # Nothing more: no item twice.
     again.send({"type": "message", "to": alice_id, "data": "marker"})
     assert again.expect("message")["data"] == "marker"
-    # And she is served on y now: an HTTP message posted on x reaches her there.
-    assert send(x.url, bob, alice_id, b"via x").status == 200
-    assert again.expect("message")["data"] == "via x"
+    if killed == "socket":
+        # She is served on y now: an HTTP message posted on x reaches her there.
+        assert send(x.url, bob, alice_id, b"via x").status == 200
+        assert again.expect("message")["data"] == "via x"
     again.close()
 
 
