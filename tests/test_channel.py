@@ -500,30 +500,6 @@ async def test_wait_parked_from_inside_a_delivery_keeps_the_peer(harness, channe
     assert got == [b"x"] and channel.peer_count == 2
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_wait_re_parked_from_its_delivery_arms_no_liveness_timer(harness, channel):
-    """The WebSocket transport re-parks after every delivery: no timer per delivery."""
-    await sign_in(channel, "a"), await sign_in(channel, "b")
-    await take(channel, 1)
-    got = []
-
-    def again(delivery):
-        got.append(delivery.item.body)
-        channel.ack(1, delivery.n)
-        channel.wait(1, 64).addCallback(again)
-
-    channel.wait(1, 64).addCallback(again)
-    await harness.settle(channel)
-    armed = []
-    call_later = harness.clock.callLater
-    harness.clock.callLater = lambda delay, f, *a, **kw: (
-        armed.append(f.__name__), call_later(delay, f, *a, **kw))[1]
-    for body in (b"x", b"y"):
-        await channel.post(2, 1, None, body)
-        await harness.settle(channel)
-    assert got == [b"x", b"y"] and armed == []
-
-
 # -- shutting down and ids ---------------------------------------------------------------
 
 

@@ -676,10 +676,9 @@ class RedisChannel:
             d = self._unpark(reg)
             reg.live = False  # Redis knows it is answered
             self._marks.pop(peer_id, None)
+            # Timer first: the callback may park the next wait at once.
+            self._arm(peer_id, reg)
             d.callback(delivery)
-            # A transport that re-parks at once (WebSocket) never needs the timer.
-            if reg.waiter is None and self._regs.get(peer_id) is reg:
-                self._arm(peer_id, reg)
         else:
             reg.held.append(delivery)
 
