@@ -4,9 +4,8 @@ The WebSocket transport at /ws, against a real ``twistd pcsignal``.
 The WebSocket side is aiohttp's client (tests/wsclients.py), the HTTP side
 the native client's way of talking (tests/httpclients.py): neither is
 pcsignal's own code.  Every test runs on each channel (``pcsignal_backend``:
-in memory, and on a real redis-server); the tests at the end run two
-instances on one Redis, a WebSocket peer on one and a hanging-GET peer on
-the other.
+in memory, and on a real redis-server); tests/test_redis.py has WebSocket
+and hanging-GET peers on two instances of one Redis.
 """
 
 import base64
