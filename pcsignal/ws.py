@@ -118,6 +118,20 @@ def _body(frame: dict) -> tuple[bytes, bytes]:
         raise BadFrame("Field 'data' is not valid Unicode.")
 
 
+def _unheeded(d, what: str, peer_id: int) -> None:
+    """
+    A channel call nobody waits for: a refusal (the store is away, the
+    server stops; the channel logs its state once) is no news, anything
+    else is logged.
+    """
+    d.addErrback(_unexpected, what, peer_id)
+
+
+def _unexpected(failure: Failure, what: str, peer_id: int) -> None:
+    if not failure.check(ChannelError):
+        log.failure("{what} for peer {peer_id} failed", failure, what=what, peer_id=peer_id)
+
+
 def _unmask(mask: bytes, payload: bytes) -> bytes:
     """XOR with the repeated 4-byte mask, as one big integer: 4x cheaper than
     autobahn's masker object for a frame of a few hundred bytes."""
@@ -247,7 +261,7 @@ class SignalingSocket(WebSocketServerProtocol):
         n, self._ping_n = self._ping_n, None
         if self.peer_id is not None and n > self._acked:
             self._acked = n
-            self._channel.ack(self.peer_id, n)
+            _unheeded(self._channel.ack(self.peer_id, n), "ack", self.peer_id)
         if self._written > self._acked:
             self._after_write()
 
@@ -264,13 +278,13 @@ class SignalingSocket(WebSocketServerProtocol):
             return
         if wasClean and self.closedByMe:
             # The client answered our close: it read all we wrote before it.
-            self._channel.ack(peer_id, self._written)
+            _unheeded(self._channel.ack(peer_id, self._written), "ack", peer_id)
         else:
             log.info("socket of peer {peer_id} closed ({code}); it may resume "
                      "within the peer timeout", peer_id=peer_id, code=code)
         # A missed wait: what the client may not have read (or was never
         # written) goes back to the head of the mailbox.
-        self._channel.requeue(peer_id)
+        _unheeded(self._channel.requeue(peer_id), "requeue", peer_id)
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         self.factory.site.count_rejection("bad_handshake", "WebSocket handshake: %s" % (reason,))
@@ -345,7 +359,7 @@ class SignalingSocket(WebSocketServerProtocol):
         self._busy = False
         if self._gone:
             # Nobody got the token: nobody can ever resume this peer.
-            self._channel.sign_out(signed_in.peer_id)
+            _unheeded(self._channel.sign_out(signed_in.peer_id), "sign_out", signed_in.peer_id)
             return
         me, *others = protocol.parse_entries(signed_in.body)
         self._serve(signed_in.peer_id, 0)
@@ -452,7 +466,8 @@ class SignalingSocket(WebSocketServerProtocol):
     def _delivered(self, delivery, peer_id: int) -> None:
         self._wait = None
         if peer_id != self.peer_id:
-            self._channel.requeue(peer_id)  # not ours to write any more
+            # Not ours to write any more.
+            _unheeded(self._channel.requeue(peer_id), "requeue", peer_id)
             return
         if self.state != _OPEN:
             return  # closing: onClose hands it back
@@ -524,7 +539,7 @@ class SignalingSocket(WebSocketServerProtocol):
             # Served elsewhere now (a resume on another instance, an HTTP
             # /wait): hand back what we hold and step aside.
             self._release()
-            self._channel.requeue(peer_id)
+            _unheeded(self._channel.requeue(peer_id), "requeue", peer_id)
             self._close(CLOSE_REPLACED, str(failure.value))
         elif failure.check(UnknownPeer):
             self._release()

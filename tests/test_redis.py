@@ -2,10 +2,12 @@
 Several ``twistd pcsignal --redis`` processes on one real redis-server, and
 HAProxy in front of them: presence and ordered delivery across instances,
 ``kill -9`` of an instance, a restart of every instance, Redis stopped and
-started under a parked wait, a password-protected Redis, a unix socket, and
-the Redis round trips a relayed message costs.
+started under a parked wait, a password-protected Redis, a unix socket, the
+Redis round trips a relayed message costs, and WebSocket peers on one
+instance with hanging-GET peers on another (resume included).
 """
 
+import base64
 import collections
 import re
 import secrets
@@ -21,6 +23,7 @@ from httpclients import native
 from pcsignal.channel.redis import load_scripts
 from redis_support import Haproxy, RedisServer, free_port
 from test_bench import run_bench
+from wsclients import Socket
 
 UNAVAILABLE = b"Service unavailable: the signaling store cannot be reached; try again shortly."
 
@@ -400,3 +403,137 @@ def test_bench_relay_across_two_instances(redis_server, instances):
     assert result["extra_cpu_seconds"] >= 0 and result["server_cpu_seconds"] > 0
     # Half the messages were posted on each instance, each to the other's peer.
     assert scripts_run(x.url, "post") == scripts_run(y.url, "post") == 50
+
+
+# -- the WebSocket transport across instances ---------------------------------------
+
+
+def two_instances(redis_server, instances):
+    prefix = "test:%s:" % secrets.token_hex(4)
+    return instances(redis_server.url, prefix), instances(redis_server.url, prefix)
+
+
+def test_websocket_peer_on_one_instance_and_hanging_get_peer_on_another(redis_server,
+                                                                       instances):
+    """
+    Alice on a WebSocket to x, bob and carol on hanging GETs to y: they list
+    each other, see each other's sign-in and sign-out, and exchange bodies
+    byte-exact both ways (one that is not UTF-8 as data_base64).
+    """
+    x, y = two_instances(redis_server, instances)
+    alice = Socket(x.url)
+    alice_id = alice.sign_in("alice")["id"]
+    bob, listing = sign_in(y.url, "bob")
+    assert listing == b"bob,%d,1\nalice,%d,1\n" % (bob, alice_id)
+    joined = alice.expect("peer")
+    assert (joined["id"], joined["name"], joined["connected"]) == (bob, "bob", True)
+
+    bodies = ["héllo ✓ 日本".encode(), b"\xff\xfe\x00 not UTF-8 \xc3", bytes(range(256))]
+    for seq, body in enumerate(bodies):
+        try:
+            frame = {"type": "message", "to": bob, "data": body.decode("utf-8"), "seq": seq}
+            content_type = b"text/plain"
+        except UnicodeDecodeError:
+            frame = {"type": "message", "to": bob, "seq": seq,
+                     "data_base64": base64.b64encode(body).decode()}
+            content_type = b"application/octet-stream"
+        alice.send(frame)
+        assert alice.expect("ack") == {"type": "ack", "seq": seq}
+        answer = wait(y.url, bob)
+        assert (answer.pragma, answer.body, answer.header(b"Content-Type")) == (
+            alice_id, body, content_type)
+        assert send(y.url, bob, alice_id, body).status == 200
+        got = alice.expect("message")
+        assert got["from"] == bob
+        assert (got["data"].encode() if "data" in got
+                else base64.b64decode(got["data_base64"])) == body
+        assert ("data" in got) == ("data" in frame)
+
+    carol, listing = sign_in(y.url, "carol")
+    assert set(listing.split(b"\n")[1:-1]) == {b"alice,%d,1" % alice_id, b"bob,%d,1" % bob}
+    assert alice.expect("peer")["name"] == "carol"
+    assert native(y.url, "GET", "/sign_out?peer_id=%d" % bob).status == 200
+    left = alice.expect("peer")
+    assert (left["id"], left["connected"]) == (bob, False)
+    alice.send({"type": "sign_out"})
+    assert alice.expect_closed().code == 1000
+    assert [wait(y.url, carol).body for _ in range(2)] == [
+        b"bob,%d,0\n" % bob, b"alice,%d,0\n" % alice_id]
+
+
+@pytest.mark.parametrize("killed", ["socket", "instance"])
+def test_resume_on_another_instance_after_a_kill(redis_server, instances, killed):
+    """
+    Alice's socket to x dies (no pongs: nothing it read is proven), or x
+    itself (``kill -9``), while bob on y keeps posting; she resumes on y
+    with the last n she handled: what was written to the dead socket after
+    that comes again, then everything queued meanwhile, in order, each once.
+    """
+    x, y = two_instances(redis_server, instances)
+    alice = Socket(x.url, autoping=False)
+    signed_in = alice.sign_in("alice")
+    alice_id, token = signed_in["id"], signed_in["token"]
+    bob, _ = sign_in(y.url, "bob")
+    first = alice.expect("peer")
+    for i in range(3):
+        assert send(y.url, bob, alice_id, b"before %d" % i).status == 200
+    before = [alice.expect("message") for _ in range(3)]
+    assert [f["n"] for f in before] == [first["n"] + 1, first["n"] + 2, first["n"] + 3]
+    if killed == "socket":
+        alice.kill()
+    else:
+        x.kill()
+    during = [b"during 0", b"\xff during 1", b"during 2"]
+    for body in during:
+        assert send(y.url, bob, alice_id, body).status == 200
+    carol, listing = sign_in(y.url, "carol")
+    assert b"alice,%d,1" % alice_id in listing  # a dropped socket is a missed wait
+
+    again = Socket(y.url)
+    again.send({"type": "resume", "id": alice_id, "token": token, "last": before[0]["n"]})
+    assert again.expect("resumed") == {"type": "resumed", "id": alice_id}
+    frames = [again.receive() for _ in range(6)]
+    bodies = [f["data"].encode() if "data" in f else base64.b64decode(f["data_base64"])
+              for f in frames[:5]]
+    assert bodies == [b"before 1", b"before 2"] + during
+    assert [f["from"] for f in frames[:5]] == [bob] * 5
+    assert (frames[5]["type"], frames[5]["id"]) == ("peer", carol)
+    assert [f["n"] for f in frames] == list(range(before[1]["n"], before[1]["n"] + 6))
+    # Nothing more: no item twice.
+    again.send({"type": "message", "to": alice_id, "data": "marker"})
+    assert again.expect("message")["data"] == "marker"
+    if killed == "socket":
+        # She is served on y now: an HTTP message posted on x reaches her there.
+        assert send(x.url, bob, alice_id, b"via x").status == 200
+        assert again.expect("message")["data"] == "via x"
+    again.close()
+
+
+def test_a_resume_or_a_wait_on_another_instance_replaces_the_live_socket(redis_server,
+                                                                        instances):
+    """
+    A socket serving a peer keeps a wait parked: a resume on y, then an HTTP
+    /wait on x, each takes the peer from the socket before it (4409), as in
+    one process.
+    """
+    x, y = two_instances(redis_server, instances)
+    old = Socket(x.url)
+    signed_in = old.sign_in("alice")
+    alice_id = signed_in["id"]
+    new = Socket(y.url, autoping=False)  # proves nothing it reads
+    new.send({"type": "resume", "id": alice_id, "token": signed_in["token"], "last": 0})
+    new.expect("resumed")
+    closed = old.expect_closed()
+    assert (closed.code, closed.reason) == (4409, "Replaced by a newer /wait for this peer.")
+    bob, _ = sign_in(x.url, "bob")
+    assert new.expect("peer")["id"] == bob
+
+    result = {}
+    waiting = threading.Thread(target=lambda: result.update(answer=wait(x.url, alice_id)))
+    waiting.start()
+    assert new.expect_closed().code == 4409
+    waiting.join(10)
+    assert send(y.url, bob, alice_id, b"over HTTP now").status == 200
+    # Bob's presence, written to the socket but never proven read, comes again.
+    assert result["answer"].body == b"bob,%d,1\n" % bob
+    assert wait(x.url, alice_id).body == b"over HTTP now"

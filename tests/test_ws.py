@@ -3,7 +3,9 @@ The WebSocket transport at /ws, against a real ``twistd pcsignal``.
 
 The WebSocket side is aiohttp's client (tests/wsclients.py), the HTTP side
 the native client's way of talking (tests/httpclients.py): neither is
-pcsignal's own code.  Every test runs on each channel in CHANNELS.
+pcsignal's own code.  Every test runs on each channel (``pcsignal_backend``:
+in memory, and on a real redis-server); tests/test_redis.py has WebSocket
+and hanging-GET peers on two instances of one Redis.
 """
 
 import base64
@@ -19,14 +21,13 @@ from conftest import start_pcsignal
 from httpclients import native, native_raw
 from wsclients import Closed, Socket
 
-# Server arguments per channel; a channel that lands adds itself here.
-CHANNELS = {"memory": ()}
+pytestmark = pytest.mark.usefixtures("pcsignal_backend")
 
 
-@pytest.fixture(params=sorted(CHANNELS))
-def serve(request, run_twistd):
-    """Start a pcsignal on the parametrized channel: serve(*args) -> (process, url)."""
-    return lambda *args: start_pcsignal(run_twistd, *CHANNELS[request.param], *args)
+@pytest.fixture
+def serve(run_twistd):
+    """Start a pcsignal on the module's channel: serve(*args) -> (process, url)."""
+    return lambda *args: start_pcsignal(run_twistd, *args)
 
 
 @pytest.fixture

@@ -705,9 +705,13 @@ class RedisChannel:
         reg = self._regs.get(peer_id)
         if reg is None or reg.serial != serial:
             return
-        if reg.waiter is not None and not contest:
+        if reg.waiter is not None and not contest and reg.window == 1:
             # The wait parked here may be the newer one (the other's news
-            # came late): claim the peer back, once; the other gives in.
+            # came late; an HTTP client has one /wait at a time): claim the
+            # peer back, once; the other gives in.  A wait of a larger window
+            # stands (a WebSocket re-parks it after each delivery), so it
+            # says nothing about which is newer: it gives in to the
+            # newcomer (a resume, an HTTP /wait), as in one process.
             reg.serial, reg.gen = next(self._serials), next(self._serials)
             reg.held.clear()
             self._register(peer_id, reg, fresh=True, contest=True)
