@@ -254,15 +254,20 @@ class SignalingService(service.Service):
     """
     Owns the channel.  On stop: with a state file, hangs up the connections
     of parked waits (no answer, so the native client simply asks again, and
-    finds the next process), closes the channel, settles the answers still in
+    finds the next process), closes the WebSockets that serve peers (1001)
+    and gives their clients SOCKETS_GRACE seconds to answer, closes the channel, settles the answers still in
     flight from what their sockets show, drains the connections and writes
     the state; without one, every parked wait gets ``503 Server shutting
     down.``, the answers in flight are settled and the connections drain.
     """
 
-    def __init__(self, channel, site, state_file=None):
+    # Seconds for WebSocket clients to answer the server's close.
+    SOCKETS_GRACE = 2.0
+
+    def __init__(self, channel, site, sockets, state_file=None):
         self.channel = channel
         self.site = site
+        self.sockets = sockets
         self.state_file = state_file
 
     def stopService(self):
@@ -270,7 +275,9 @@ class SignalingService(service.Service):
         self.site.stopping = True
         if self.state_file is not None:
             self.site.hang_up()
-        d = defer.maybeDeferred(self.channel.close)
+        # Sockets first: their clean closes ack what their clients read.
+        d = self.sockets.close_all(self.SOCKETS_GRACE)
+        d.addCallback(lambda _: self.channel.close())
         d.addCallback(lambda _: self.site.deliveries.settle_all())
         d.addCallback(lambda _: self.site.drain())
         if self.state_file is not None:
@@ -410,7 +417,7 @@ def makeService(config, reactor=None):
     )
     sockets = ws.mount(site, channel, config["ping-interval"], reactor)
     top = service.MultiService()
-    SignalingService(channel, site, config["state-file"]).setServiceParent(top)
+    SignalingService(channel, site, sockets, config["state-file"]).setServiceParent(top)
     endpoints = config["endpoints"] + internal
     reloader = make_reloader(config, reactor, channel, site, endpoints, max_connections)
     reloader.register(setting("ping-interval", lambda v: setattr(sockets, "ping_interval", v)))

@@ -36,7 +36,7 @@ import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from prometheus_client import Gauge
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.web import server
 
@@ -285,6 +285,7 @@ class SignalingSocket(WebSocketServerProtocol):
         # A missed wait: what the client may not have read (or was never
         # written) goes back to the head of the mailbox.
         _unheeded(self._channel.requeue(peer_id), "requeue", peer_id)
+        self.factory.socket_closed()
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         self.factory.site.count_rejection("bad_handshake", "WebSocket handshake: %s" % (reason,))
@@ -589,6 +590,7 @@ class SignalingSocketFactory(WebSocketServerFactory):
         self.sockets: dict[int, SignalingSocket] = {}  # peer id -> the socket serving it
         self.open_count = 0
         self._presence = (None, b"")
+        self._all_closed: Optional[Deferred] = None
         self.setProtocolOptions(
             webStatus=False,
             # Checked where it is cheaper: strict UTF-8 decoding of the whole frame.
@@ -597,6 +599,32 @@ class SignalingSocketFactory(WebSocketServerFactory):
             failByDrop=False,
             autoPingInterval=0,
         )
+
+    def close_all(self, grace: float) -> Deferred:
+        """
+        Close every socket that serves a peer (1001, ``Server shutting
+        down.``); fires once their close handshakes are done, or after grace
+        seconds.  Done before the channel closes: a clean close proves the
+        client read all it was written, and a closed channel (on Redis) can
+        no longer take that ack, so the items would come again.
+        """
+        if not self.sockets:
+            return succeed(None)
+        self._all_closed = d = Deferred()
+        timer = self.clock.callLater(grace, self._closed_all)
+        d.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        for sock in list(self.sockets.values()):
+            sock._close(CLOSE_GOING_AWAY, str(ShuttingDown()))
+        return d
+
+    def socket_closed(self) -> None:
+        if not self.sockets:
+            self._closed_all()
+
+    def _closed_all(self) -> None:
+        d, self._all_closed = self._all_closed, None
+        if d is not None:
+            d.callback(None)
 
     def presence_frame(self, item) -> bytes:
         """A peer frame up to its ``n`` (one Item reaches every member in turn)."""

@@ -537,3 +537,24 @@ def test_a_resume_or_a_wait_on_another_instance_replaces_the_live_socket(redis_s
     # Bob's presence, written to the socket but never proven read, comes again.
     assert result["answer"].body == b"bob,%d,1\n" % bob
     assert wait(x.url, alice_id).body == b"over HTTP now"
+
+
+def test_stopped_instance_acks_what_its_sockets_read(redis_server, instances):
+    """
+    SIGTERM closes alice's socket cleanly (1001) before x leaves Redis, so
+    the close proves she read what she was written: her next wait, over
+    HTTP on y, gets what came after, not those items again.
+    """
+    x, y = two_instances(redis_server, instances)
+    alice = Socket(x.url, autoping=False)  # only the close handshake proves anything
+    alice_id = alice.sign_in("alice")["id"]
+    bob, _ = sign_in(y.url, "bob")
+    alice.expect("peer")
+    for i in range(3):
+        assert send(y.url, bob, alice_id, b"read %d" % i).status == 200
+    assert [alice.expect("message")["data"] for _ in range(3)] == ["read 0", "read 1", "read 2"]
+    x.stop()
+    closed = alice.expect_closed()
+    assert (closed.code, closed.reason) == (1001, "Server shutting down.")
+    assert send(y.url, bob, alice_id, b"after").status == 200
+    assert wait(y.url, alice_id).body == b"after"
