@@ -32,7 +32,7 @@ TEST = PEER + BENCH + DOCS + [
 
 setup(
     name="pcsignal",
-    version="0.1.0",
+    version="0.2.0",
     description=(
         "WebRTC peerconnection signaling server (twistd pcsignal) and "
         "headless WebRTC peer (twistd pcpeer) on Twisted and aiortc"

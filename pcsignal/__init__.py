@@ -1,3 +1,3 @@
 """pcsignal: a WebRTC signaling server and headless WebRTC peer on Twisted."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
