@@ -18,6 +18,8 @@ import pytest_twisted
 import txaio
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from twisted.internet import defer, task
+from twisted.web import resource, server
+from twisted.web.server import Site
 from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python import usage
 
@@ -119,6 +121,93 @@ async def test_signaling_backs_off_doubling_to_cap_with_jitter():
         assert base <= delay < base + 2.0
     assert len({delay - int(delay) for delay in delays}) > 1  # jittered, not in lockstep
     await client.stop()
+
+
+class ScriptedServer(resource.Resource):
+    """
+    A real HTTP server on loopback whose answers come from a script: each
+    path's next (status, headers, body); a path with nothing left parks.
+    """
+
+    isLeaf = True
+
+    def __init__(self, script):
+        resource.Resource.__init__(self)
+        self.script = script
+        self.requests = []  # (path, query)
+        self.parked = defer.DeferredQueue()
+
+    def render(self, request):
+        path = request.path.decode()
+        self.requests.append((path, request.uri.decode().partition("?")[2]))
+        if not self.script.get(path):
+            self.parked.put(path)
+            return server.NOT_DONE_YET
+        code, headers, body = self.script[path].pop(0)
+        request.setResponseCode(code)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return body
+
+
+def logged(client, text):
+    """A Deferred that fires when the client logs a line containing text."""
+    seen = defer.Deferred()
+
+    def observe(event):
+        if text in formatEvent(event) and not seen.called:
+            seen.callback(formatEvent(event))
+
+    client.log = Logger(namespace="test", observer=observe)
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_429_waits_the_retry_after_on_sign_in_wait_and_message():
+    """Retry-After is honoured (capped at 60 s, plus jitter) on every request; a 503 on /wait keeps our id."""
+    from twisted.internet import reactor
+
+    site = ScriptedServer({
+        "/sign_in": [(429, {"Retry-After": "7"}, b"Too many sign-ins from your address; retry in 7 s."),
+                     (200, {"Pragma": "5"}, b"x,5,1\n")],
+        "/wait": [(429, {"Retry-After": "3"}, b"slow down"), (503, {}, b"Server shutting down.")],
+        "/message": [(429, {"Retry-After": "100"}, b""), (200, {}, b"")],
+        "/sign_out": [(200, {}, b"")],
+    })
+    port = reactor.listenTCP(0, Site(site), interface="127.0.0.1")
+    clock = task.Clock()
+    client = SignalingClient("http://127.0.0.1:%d" % port.getHost().port, "x", clock=clock,
+                             retry_delay=2.0, max_retry_delay=10.0)
+    retries = defer.DeferredQueue()
+    client.on("retrying", lambda delay, reason: retries.put((delay, reason)))
+    signed_in = client.start()
+
+    async def retried(low, high, why):
+        delay, reason = await retries.get()
+        assert why in reason and low <= delay < high, (delay, reason)
+        [retry] = clock.getDelayedCalls()  # the retry waits on the clock, for that delay
+        assert retry.getTime() == clock.seconds() + delay
+        clock.advance(delay)
+
+    await retried(7, 9, "sign-in answered 429")
+    assert await signed_in == 5
+    await retried(3, 5, "the server answered 429 on /wait")
+    await retried(4, 6, "the server answered 503 on /wait")  # back-off (second failure): same id
+    assert await site.parked.get() == "/wait"
+    assert [path for path, _ in site.requests] == ["/sign_in", "/sign_in", "/wait", "/wait", "/wait"]
+    assert {query for path, query in site.requests if path == "/wait"} == {"peer_id=5"}
+    # A message refused with 429 goes again after Retry-After, cut to 60 s.
+    again = logged(client, "sending it again")
+    sent = client.send(9, b"hello")
+    assert "message to 9 answered 429" in await again
+    [pause] = clock.getDelayedCalls()
+    assert 60 <= pause.getTime() - clock.seconds() < 62
+    assert not sent.called
+    clock.advance(pause.getTime() - clock.seconds())
+    await sent
+    assert [path for path, _ in site.requests].count("/message") == 2
+    await client.stop()
+    await port.stopListening()
 
 
 # -- calls between in-process peers ------------------------------------------------
