@@ -250,7 +250,7 @@ def test_https_url_to_a_plain_http_server_says_so(pcsignal_server, run_twistd):
     m = peer.wait_for_log(r"cannot sign in to https://.*: no answer within \d+ s: it speaks plain HTTP, "
                           r"not TLS \(use (http://\S+)\); retrying in (\d+\.\d) s", timeout=15)
     assert m.group(1) == url
-    assert 1.0 <= float(m.group(2)) < 2.0
+    assert 1.0 <= float(m.group(2)) <= 2.0  # 1 s plus up to 1 s of jitter, logged to 0.1 s (1.96 shows 2.0)
     assert peer.stop() == -signal.SIGTERM
     assert "Traceback" not in peer.output()
 
