@@ -7,7 +7,8 @@ reports a ValueError, argparse an ArgumentTypeError, each with our text.
 
 ``Options`` is the base of both plugins' option classes: a bad value names
 its option (``--peer-timeout must be positive, not '0'``) instead of
-twisted.python.usage's ``Parameter type enforcement failed: ...``.
+twisted.python.usage's ``Parameter type enforcement failed: ...``, and
+``--version`` prints pcsignal's version.
 Checks that need more than one value, or a file, raise ``usage.UsageError``
 from ``postOptions`` through ``bad_option``, so every refusal reads the same.
 """
@@ -19,6 +20,8 @@ import os
 from urllib.parse import urlsplit
 
 from twisted.python import usage
+
+from pcsignal import __version__, logs
 
 
 class BadValue(argparse.ArgumentTypeError, ValueError):
@@ -107,6 +110,12 @@ def redis_url(text: str) -> str:
     return text
 
 
+def log_level(text: str) -> str:
+    if text not in logs.LEVELS:
+        raise BadValue("must be one of %s, not %r" % (", ".join(logs.LEVELS), text))
+    return text
+
+
 positive_int.coerceDoc = positive_float.coerceDoc = "Must be positive."
 non_negative_float.coerceDoc = "Must not be negative."
 port_number.coerceDoc = "0 to 65535."
@@ -148,3 +157,8 @@ class Options(usage.Options):
                 else row
                 for row in rows
             ]
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print("pcsignal %s" % (__version__,))
+        raise SystemExit(0)

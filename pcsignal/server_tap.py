@@ -25,7 +25,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.python import usage
 
-from pcsignal import ice, logs, ws, __version__, state
+from pcsignal import ice, logs, ws, state
 from pcsignal.channel import Limits, random_ids, sequential_ids
 from pcsignal.channel.memory import MemoryChannel
 from pcsignal.channel.redis import RedisChannel
@@ -37,6 +37,7 @@ from pcsignal.options import (
     BadValue,
     Options as CheckedOptions,
     bad_option,
+    log_level,
     non_negative_float,
     port_number,
     positive_float,
@@ -75,7 +76,9 @@ class Options(CheckedOptions):
         ["config", None, None, "Read options from this file too, before the command line's "
          "(written as on the command line, any number per line, # comments). SIGHUP "
          "reads it again and applies what can change without a restart."],
-        ["port", "p", None, "Listen on this TCP port, all interfaces "
+        # No short options: each letter means something to twistd itself
+        # (-p is --profile there); tests/test_options.py compares.
+        ["port", None, None, "Listen on this TCP port, all interfaces "
          "(shorthand for --listen tcp:PORT). Default when no --listen: 8888.", port_number],
         ["peer-timeout", None, 30.0, "Drop a peer that has had no /wait parked for "
          "this many seconds, as if it had signed out.", positive_float],
@@ -113,7 +116,7 @@ class Options(CheckedOptions):
          "--peer-timeout).", positive_float],
         ["log-level", None, "info", "Least severe pcsignal events logged: debug (adds "
          "one line per message relayed; never bodies), info (sign-in, sign-out, "
-         "timeouts, refusals), warn, error, critical."],
+         "timeouts, refusals), warn, error, critical.", log_level],
         ["state-file", None, None, "Keep peers and their queued messages across a "
          "restart: written here on a graceful stop, read (then removed) at start."],
         ["turn-secret-file", None, None, "File holding the TURN server's shared secret "
@@ -159,11 +162,6 @@ class Options(CheckedOptions):
         """STUN server for /ice-servers, e.g. stun:turn.example.org:3478; repeatable."""
         self["stun-uri"].append(_checked_uri("--stun-uri", ice.parse_stun_uri, uri))
 
-    def opt_version(self):
-        """Print the version and exit."""
-        print("pcsignal %s" % (__version__,))
-        raise SystemExit(0)
-
     def parseOptions(self, options=None):
         if options is None:
             options = sys.argv[1:]
@@ -204,9 +202,6 @@ class Options(CheckedOptions):
             return
         from twisted.internet import reactor
 
-        if self["log-level"] not in logs.LEVELS:
-            raise bad_option("log-level", "must be one of %s, not %r"
-                             % (", ".join(logs.LEVELS), self["log-level"]))
         self["endpoints"] = [check_endpoint(d, reactor, "listen") for d in self["listen"]]
         if self["port"] is not None:
             self["endpoints"].append(check_endpoint("tcp:%d" % (self["port"],), reactor, "port",

@@ -350,7 +350,8 @@ class SignalingSocket(WebSocketServerProtocol):
             raise BadFrame("Field 'name' is not valid Unicode.")
         limited = sign_in_limited(self.factory.site.sign_in_limit, self.transport.getPeer())
         if limited is not None:
-            self._refuse(seq, limited[1], 429, "sign_in_rate")
+            seconds, text = limited
+            self._refuse(seq, text, 429, "sign_in_rate", retry_after=seconds)
             return
         self._busy = True
         d = self._channel.sign_in(raw_name)
@@ -421,10 +422,11 @@ class SignalingSocket(WebSocketServerProtocol):
     # -- refusals --------------------------------------------------------------------
 
     def _refuse(self, seq: Optional[int], text: str, status: int = 400,
-                why: str = "bad_frame") -> None:
+                why: str = "bad_frame", retry_after: Optional[int] = None) -> None:
         self.factory.site.count_rejection(why, "WebSocket frame")
-        error = '{"type":"error",%s"status":%d,"text":%s}' % (
-            "" if seq is None else '"seq":%d,' % (seq,), status, _json_text(text))
+        error = '{"type":"error",%s"status":%d,"text":%s%s}' % (
+            "" if seq is None else '"seq":%d,' % (seq,), status, _json_text(text),
+            "" if retry_after is None else ',"retry_after":%d' % (retry_after,))
         self._send(error.encode("ascii"))
 
     def _refused(self, failure: Failure, seq: Optional[int]) -> None:

@@ -97,3 +97,21 @@ def test_writable_file(tmp_path):
 ])
 def test_endpoint_strings_split_as_twisted_splits_them(description, parsed):
     assert split_endpoint(description) == parsed
+
+
+@pytest.mark.parametrize("plugin", ["pcsignal", "pcpeer"])
+def test_no_short_option_means_something_else_to_twistd(plugin):
+    """``twistd pcsignal -p 8888`` must not be read as twistd's -p (--profile) by a
+    reader, nor ``twistd pcpeer -n`` as --name: no plugin short option shadows twistd's."""
+    from twisted.scripts.twistd import ServerOptions
+
+    from pcsignal import server_tap
+    from pcsignal.peer import tap
+
+    def short_options(options):
+        return {short for short, long in options.synonyms.items() if len(short) == 1 and short != long}
+
+    twistd_shorts = short_options(ServerOptions())
+    assert {"n", "s", "l", "p", "u", "g"} <= twistd_shorts  # the table is what we think
+    options = {"pcsignal": server_tap.Options, "pcpeer": tap.Options}[plugin]()
+    assert short_options(options) & twistd_shorts == set()

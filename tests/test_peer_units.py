@@ -18,6 +18,8 @@ import pytest_twisted
 import txaio
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from twisted.internet import defer, task
+from twisted.web import resource, server
+from twisted.web.server import Site
 from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python import usage
 
@@ -119,6 +121,93 @@ async def test_signaling_backs_off_doubling_to_cap_with_jitter():
         assert base <= delay < base + 2.0
     assert len({delay - int(delay) for delay in delays}) > 1  # jittered, not in lockstep
     await client.stop()
+
+
+class ScriptedServer(resource.Resource):
+    """
+    A real HTTP server on loopback whose answers come from a script: each
+    path's next (status, headers, body); a path with nothing left parks.
+    """
+
+    isLeaf = True
+
+    def __init__(self, script):
+        resource.Resource.__init__(self)
+        self.script = script
+        self.requests = []  # (path, query)
+        self.parked = defer.DeferredQueue()
+
+    def render(self, request):
+        path = request.path.decode()
+        self.requests.append((path, request.uri.decode().partition("?")[2]))
+        if not self.script.get(path):
+            self.parked.put(path)
+            return server.NOT_DONE_YET
+        code, headers, body = self.script[path].pop(0)
+        request.setResponseCode(code)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return body
+
+
+def logged(client, text):
+    """A Deferred that fires when the client logs a line containing text."""
+    seen = defer.Deferred()
+
+    def observe(event):
+        if text in formatEvent(event) and not seen.called:
+            seen.callback(formatEvent(event))
+
+    client.log = Logger(namespace="test", observer=observe)
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_429_waits_the_retry_after_on_sign_in_wait_and_message():
+    """Retry-After is honoured (capped at 60 s, plus jitter) on every request; a 503 on /wait keeps our id."""
+    from twisted.internet import reactor
+
+    site = ScriptedServer({
+        "/sign_in": [(429, {"Retry-After": "7"}, b"Too many sign-ins from your address; retry in 7 s."),
+                     (200, {"Pragma": "5"}, b"x,5,1\n")],
+        "/wait": [(429, {"Retry-After": "3"}, b"slow down"), (503, {}, b"Server shutting down.")],
+        "/message": [(429, {"Retry-After": "100"}, b""), (200, {}, b"")],
+        "/sign_out": [(200, {}, b"")],
+    })
+    port = reactor.listenTCP(0, Site(site), interface="127.0.0.1")
+    clock = task.Clock()
+    client = SignalingClient("http://127.0.0.1:%d" % port.getHost().port, "x", clock=clock,
+                             retry_delay=2.0, max_retry_delay=10.0)
+    retries = defer.DeferredQueue()
+    client.on("retrying", lambda delay, reason: retries.put((delay, reason)))
+    signed_in = client.start()
+
+    async def retried(low, high, why):
+        delay, reason = await retries.get()
+        assert why in reason and low <= delay < high, (delay, reason)
+        [retry] = clock.getDelayedCalls()  # the retry waits on the clock, for that delay
+        assert retry.getTime() == clock.seconds() + delay
+        clock.advance(delay)
+
+    await retried(7, 9, "sign-in answered 429")
+    assert await signed_in == 5
+    await retried(3, 5, "the server answered 429 on /wait")
+    await retried(4, 6, "the server answered 503 on /wait")  # back-off (second failure): same id
+    assert await site.parked.get() == "/wait"
+    assert [path for path, _ in site.requests] == ["/sign_in", "/sign_in", "/wait", "/wait", "/wait"]
+    assert {query for path, query in site.requests if path == "/wait"} == {"peer_id=5"}
+    # A message refused with 429 goes again after Retry-After, cut to 60 s.
+    again = logged(client, "sending it again")
+    sent = client.send(9, b"hello")
+    assert "message to 9 answered 429" in await again
+    [pause] = clock.getDelayedCalls()
+    assert 60 <= pause.getTime() - clock.seconds() < 62
+    assert not sent.called
+    clock.advance(pause.getTime() - clock.seconds())
+    await sent
+    assert [path for path, _ in site.requests].count("/message") == 2
+    await client.stop()
+    await port.stopListening()
 
 
 # -- calls between in-process peers ------------------------------------------------
@@ -256,18 +345,6 @@ def test_options_reject_bad_values(args, complaint):
         tap.Options().parseOptions(args)
 
 
-def test_no_short_option_means_something_else_to_twistd():
-    """``twistd -n pcpeer`` or ``twistd pcpeer -n``: -n must not be pcpeer's --name."""
-    from twisted.scripts.twistd import ServerOptions
-
-    def short_options(options):
-        return {short for short, long in options.synonyms.items() if len(short) == 1 and short != long}
-
-    twistd_shorts = short_options(ServerOptions())
-    assert {"n", "s", "l", "p", "u", "g"} <= twistd_shorts  # the table is what we think
-    assert short_options(tap.Options()) & twistd_shorts == set()
-
-
 def test_video_size_help_shows_its_default_once():
     help_text = re.search(r"--video-size=(.*?)\n(\s+-|\n)", str(tap.Options()), re.S).group(1)
     assert help_text.count("640x480") == 1 and "(640, 480)" not in help_text, help_text
@@ -313,6 +390,9 @@ async def test_per_peer_locks_are_forgotten_when_unused():
 def test_bad_values_end_twistd_with_one_line_naming_the_option(tmp_path):
     """The real ``twistd pcpeer``: usage error, last line names option and problem, no traceback."""
     (tmp_path / "file").write_text("not a folder")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
     cases = {
         ("--server", "notaurl"): "--server must be an http:// or https:// URL, not 'notaurl' "
                                  "(did you mean http://notaurl?)",
@@ -321,7 +401,14 @@ def test_bad_values_end_twistd_with_one_line_naming_the_option(tmp_path):
         ("--play", str(tmp_path / "missing.mp4")): "--play %s: no such file" % (tmp_path / "missing.mp4",),
         ("--fps", "0"): "--fps must be positive, not '0'",
         ("--max-calls", "ten"): "--max-calls must be a positive whole number, not 'ten'",
-        ("--metrics", "nonsense:1"): "--metrics nonsense:1 is not a Twisted endpoint: Unknown endpoint type",
+        # Checked as the server checks --listen, at parse time: never a traceback at start.
+        ("--metrics", "nonsense:1"): "--metrics nonsense:1: unknown endpoint type 'nonsense'",
+        ("--metrics", "tcp:99999"): "--metrics tcp:99999: port must be a port number (0 to 65535), not '99999'",
+        ("--metrics", "tcp:0:interface=nonsense"): "--metrics tcp:0:interface=nonsense: interface must be "
+                                                   "an IP address, not 'nonsense'",
+        ("--metrics", "tcp:%d:interface=127.0.0.1" % busy.getsockname()[1]):
+            "--metrics tcp:%d:interface=127.0.0.1: cannot listen on 127.0.0.1:%d: address already in use"
+            % (busy.getsockname()[1], busy.getsockname()[1]),
     }
     env = dict(os.environ, PYTHONPATH=ROOT)
     running = {
@@ -335,6 +422,7 @@ def test_bad_values_end_twistd_with_one_line_naming_the_option(tmp_path):
         assert running[args].returncode != 0, text
         assert "Traceback" not in text
         assert complaint in text.strip().splitlines()[-1], text
+    busy.close()
 
 
 def test_version_is_pcsignals():

@@ -398,6 +398,8 @@ def test_sign_ins_over_websocket_share_the_address_rate_limit(serve):
     refused = third.expect("error")
     assert (refused["seq"], refused["status"]) == (9, 429)
     assert re.fullmatch(r"Too many sign-ins from your address; retry in \d+ s\.", refused["text"])
+    # What HTTP's Retry-After says, as a number.
+    assert refused["retry_after"] == int(re.search(r"\d+", refused["text"]).group())
     for sock in (first, second, third):
         sock.close()
 

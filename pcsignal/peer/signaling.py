@@ -15,12 +15,21 @@ client's habits.
   that gets no answer within SIGN_IN_TIMEOUT fails; for an ``https://`` URL
   the server is then asked in plain HTTP, so that the log can say "it
   speaks plain HTTP, not TLS" instead of just "no answer".
-- When the server has forgotten us (a non-200 answer on ``/wait``) or may
-  have restarted (the hanging GET's connection failed), sign in again.  If
-  the new peer list still shows our old id under our old name, the server
-  did not restart: that stale entry is signed out.  (Only an entry with
-  both: a server handing out sequential ids may have given our old id to
-  another peer after a restart.)
+- When the hanging GET fails (connection refused or reset, the server
+  restarting, ``502``/``503``/``504``, ``429``), ask again with the same id,
+  with the same back-off: a server that keeps its peers across a restart
+  (pcsignal with ``--state-file`` or ``--redis``) still knows us, with our
+  queued messages.  Only when the server says it does not know our id (the
+  protocol's ``500``, from the reference and pcsignal alike) or another
+  client now waits as us (``409``; or any other ``4xx``) do we sign in
+  again, under a new id.  If the new peer list still shows our old id under
+  our old name, that stale entry is signed out.  (Only an entry with both:
+  a server handing out sequential ids may have given our old id to another
+  peer after a restart.)
+- ``429 Too Many Requests`` (pcsignal's sign-in rate limit, or a proxy's):
+  the request is made again after the ``Retry-After`` seconds (at most
+  MAX_RETRY_AFTER, plus the back-off's jitter so that many peers do not come
+  back at once), whether it was a sign-in, a ``/wait`` or a message.
 - The peer list is kept from the sign-in answer and the notifications.
 - ``stop()`` signs out.
 - ``ice_servers()`` asks pcsignal's own ``/ice-servers`` for the ICE
@@ -42,6 +51,7 @@ tested with ``twisted.internet.task.Clock``.
 from __future__ import annotations
 
 import collections
+import email.utils
 import json
 import random
 from typing import Optional
@@ -51,7 +61,7 @@ import treq
 from pyee.twisted import TwistedEventEmitter
 from treq.client import HTTPClient
 from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import deferLater
@@ -72,6 +82,12 @@ PROBE_TIMEOUT = 2.0
 #: messages is 64 KiB, the reference server has none): a larger one is
 #: dropped and its connection closed, so a hostile peer cannot fill memory.
 MAX_ANSWER_BYTES = 256 * 1024
+#: Longest pause a ``Retry-After`` may ask for; a longer one is cut to this.
+MAX_RETRY_AFTER = 60.0
+#: /wait answers that mean "later", not "we do not know you": the wait is
+#: made again with the same id.  Any other (the protocol's 500 for an
+#: unknown id, 409 when another client waits as us, ...) means sign in again.
+_WAIT_TRANSIENT = frozenset({408, 429, 502, 503, 504})
 
 
 @implementer(IStreamClientEndpoint)
@@ -112,6 +128,14 @@ class NotSignedIn(SignalingError):
 
 class AnswerTooLarge(SignalingError):
     """The server's answer is larger than MAX_ANSWER_BYTES: dropped."""
+
+
+class RateLimited(SignalingError):
+    """``429 Too Many Requests``: ``delay`` is the pause asked for (None: not said)."""
+
+    def __init__(self, text: str, delay: Optional[float]) -> None:
+        super().__init__(text)
+        self.delay = delay
 
 
 class SignalingClient(TwistedEventEmitter):
@@ -156,6 +180,7 @@ class SignalingClient(TwistedEventEmitter):
         self._outbox: collections.deque = collections.deque()
         self._sending = False
         self._drained: list[Deferred] = []
+        self._outbox_pause: Optional[Deferred] = None
         self.on("failure", self._log_handler_failure)
 
     # -- public API --------------------------------------------------------------
@@ -232,7 +257,10 @@ class SignalingClient(TwistedEventEmitter):
                 reason = await self._why_not(e)
                 if not self._running:
                     return
-                delay = self._backoff(attempt)
+                if isinstance(e, RateLimited):
+                    delay = self._after(e.delay, attempt)
+                else:
+                    delay = self._backoff(attempt)
                 attempt += 1
                 self.log.warn(
                     "cannot sign in to {url}: {reason}; retrying in {delay:.1f} s",
@@ -257,6 +285,8 @@ class SignalingClient(TwistedEventEmitter):
         old_id, old_name = self.peer_id, self.server_name
         url = "%s/sign_in?%s" % (self.server_url, quote(self.name, safe=""))
         response, body = await self._request("GET", url, timeout=SIGN_IN_TIMEOUT, loop=True)
+        if response.code == 429:
+            raise rate_limited("sign-in", response, body, self._clock.seconds())
         if response.code != 200:
             raise SignalingError("sign-in answered %d" % (response.code,))
         peer_id = protocol.atoi(_pragma(response))
@@ -296,8 +326,10 @@ class SignalingClient(TwistedEventEmitter):
 
     async def _wait_forever(self) -> Optional[str]:
         """Keep the hanging GET parked; returns why we are no longer signed in (None: stopped)."""
+        failures = 0
         while self._running:
             url = "%s/wait?peer_id=%d" % (self.server_url, self.peer_id)
+            asked_for = None
             try:
                 response, body = await self._request("GET", url, loop=True)
             except AnswerTooLarge as e:
@@ -307,17 +339,37 @@ class SignalingClient(TwistedEventEmitter):
             except Exception as e:
                 if not self._running:
                     return None  # cancelled by stop()
-                return "the hanging GET failed (%s): the server may have restarted" % (_describe(e),)
-            if response.code != 200:
-                return "the server answered %d on /wait: it has forgotten us" % (response.code,)
-            sender = protocol.atoi(_pragma(response))
-            if sender is None:
-                self.log.warn("ignoring a /wait answer without a peer id in Pragma")
-            elif sender == self.peer_id:
-                self._notification(body)
+                reason = "the hanging GET failed (%s)" % (_describe(e),)
             else:
-                self.emit("message", sender, body)
+                if response.code == 200:
+                    failures = 0
+                    self._waited(response, body)
+                    continue
+                if response.code not in _WAIT_TRANSIENT:
+                    return "the server answered %d on /wait: it has forgotten us" % (response.code,)
+                reason = "the server answered %d on /wait" % (response.code,)
+                if response.code == 429:
+                    asked_for = retry_after(_header(response, b"Retry-After"), self._clock.seconds())
+            # The server may be restarting, or busy: it may still know us.
+            delay = self._after(asked_for, failures)
+            failures += 1
+            self.log.warn("{reason}: waiting again as {id} in {delay:.1f} s",
+                          reason=reason, id=self.peer_id, delay=delay)
+            sleep = self._sleep(delay)
+            self.emit("retrying", delay, reason)
+            if not await sleep:
+                return None
         return None
+
+    def _waited(self, response, body: bytes) -> None:
+        """One /wait answer: a notification about the peer list, or a message."""
+        sender = protocol.atoi(_pragma(response))
+        if sender is None:
+            self.log.warn("ignoring a /wait answer without a peer id in Pragma")
+        elif sender == self.peer_id:
+            self._notification(body)
+        else:
+            self.emit("message", sender, body)
 
     def _notification(self, body: bytes) -> None:
         for entry in protocol.parse_entries(body):
@@ -340,6 +392,8 @@ class SignalingClient(TwistedEventEmitter):
         self._running = False
         if self._pending is not None:
             self._pending.cancel()
+        if self._outbox_pause is not None:
+            self._outbox_pause.cancel()  # a message waiting out a 429 fails now
         if self._run is not None:
             await self._run
         if self._first_sign_in is not None:
@@ -382,9 +436,8 @@ class SignalingClient(TwistedEventEmitter):
                     self.log.warn("not sending a message to {to}: not signed in", to=to_id)
                     d.errback(NotSignedIn("not signed in"))
                     continue
-                url = "%s/message?peer_id=%d&to=%d" % (self.server_url, self.peer_id, to_id)
                 try:
-                    response, answer = await self._request("POST", url, body)
+                    response, answer = await self._post(to_id, body)
                 except Exception as e:
                     self.log.warn("message to {to} failed: {reason}", to=to_id, reason=_describe(e))
                     d.errback(e)
@@ -401,7 +454,35 @@ class SignalingClient(TwistedEventEmitter):
             for d in drained:
                 d.callback(None)
 
+    async def _post(self, to_id: int, body: bytes):
+        """POST one message; after a 429, again once the Retry-After has passed (order kept)."""
+        attempt = 0
+        while True:
+            url = "%s/message?peer_id=%d&to=%d" % (self.server_url, self.peer_id, to_id)
+            response, answer = await self._request("POST", url, body)
+            if response.code != 429 or not self._running:
+                return response, answer
+            limited = rate_limited("message to %d" % (to_id,), response, answer, self._clock.seconds())
+            delay = self._after(limited.delay, attempt)
+            attempt += 1
+            self._outbox_pause = deferLater(self._clock, delay)  # scheduled before it is logged
+            self.log.warn("{reason}: sending it again in {delay:.1f} s", reason=limited, delay=delay)
+            try:
+                await self._outbox_pause
+            except CancelledError:
+                raise NotSignedIn("stopping")
+            finally:
+                self._outbox_pause = None
+            if self.peer_id is None:
+                raise NotSignedIn("not signed in")
+
     # -- plumbing --------------------------------------------------------------
+
+    def _after(self, asked_for: Optional[float], attempt: int) -> float:
+        """Seconds until the next try: what a 429 asked for (bounded, jittered), else the back-off."""
+        if asked_for is None:
+            return self._backoff(attempt)
+        return min(asked_for, MAX_RETRY_AFTER) + random.uniform(0, self.retry_delay)
 
     async def _request(
         self, method: str, url: str, body: Optional[bytes] = None, timeout: Optional[float] = None, loop: bool = False
@@ -479,9 +560,33 @@ async def _read_body(response) -> bytes:
     return b"".join(chunks)
 
 
-def _pragma(response) -> str:
-    values = response.headers.getRawHeaders(b"Pragma") or [b""]
+def rate_limited(what: str, response, body: bytes, now: float) -> RateLimited:
+    """A 429 answer as RateLimited, with the pause its ``Retry-After`` asks for."""
+    text = body.decode("utf-8", "replace").strip()[:200] or "Too Many Requests"
+    delay = retry_after(_header(response, b"Retry-After"), now)
+    asked = "" if delay is None else ", Retry-After %g s" % (delay,)
+    return RateLimited("%s answered 429 (%s%s)" % (what, text, asked), delay)
+
+
+def retry_after(value: str, now: float) -> Optional[float]:
+    """Seconds a ``Retry-After`` value asks for (delay-seconds or an HTTP-date), None if unusable."""
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _header(response, name: bytes) -> str:
+    values = response.headers.getRawHeaders(name) or [b""]
     return values[0].decode("latin-1")
+
+
+def _pragma(response) -> str:
+    return _header(response, b"Pragma")
 
 
 def _describe(error: BaseException) -> str:

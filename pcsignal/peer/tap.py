@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
-from pcsignal import __version__
-from pcsignal.options import BadValue, non_negative_float, positive_float, positive_int
+from pcsignal.listeners import check_endpoint
+from pcsignal.options import BadValue, Options as CheckedOptions, bad_option, log_level
+from pcsignal.options import non_negative_float, positive_float, positive_int
 from pcsignal.peer.recording import RECORDABLE_KINDS, record_folder_problem
 
 
@@ -85,23 +86,6 @@ def _video_size(text: str) -> tuple[int, int]:
 _video_size.coerceDoc = "Even, at least 64x48."
 
 
-def _named(option: str, check):
-    """
-    ``check`` as an option's coerce function whose error names the option:
-    twisted.python.usage would print "Parameter type enforcement failed: ..."
-    without saying which option.
-    """
-
-    def coerce(text: str):
-        try:
-            return check(text)
-        except ValueError as e:
-            raise usage.UsageError("--%s %s" % (option, e))
-
-    coerce.coerceDoc = getattr(check, "coerceDoc", "")
-    return coerce
-
-
 def _server_url(text: str) -> str:
     try:
         url = urlsplit(text)
@@ -120,7 +104,7 @@ def _transport(text: str) -> str:
     return text
 
 
-class Options(usage.Options):
+class Options(CheckedOptions):
     synopsis = "[options]"
     longdesc = (
         "A headless WebRTC peer (aiortc): signs in to a pcsignal server (or any server speaking "
@@ -129,7 +113,7 @@ class Options(usage.Options):
     )
 
     # No short option may mean something else to twistd itself (-n is
-    # --nodaemon there, -s --source...): tests/test_peer_units.py compares.
+    # --nodaemon there, -s --source...): tests/test_options.py compares.
     optFlags = [
         ["no-answer", None, "Refuse incoming calls (answering is the default)."],
         ["loop", None, "Loop the --play file."],
@@ -138,45 +122,40 @@ class Options(usage.Options):
          "policy relay): proves the relay works, and hides this host's addresses."],
     ]
     optParameters = [
-        ["server", None, "http://127.0.0.1:8888", "Signaling server URL.", _named("server", _server_url)],
+        ["server", None, "http://127.0.0.1:8888", "Signaling server URL.", _server_url],
         ["transport", None, "auto", "Signaling over ws (pcsignal's WebSocket), http (hanging "
          "GETs), or auto: WebSocket, else hanging GETs (a server without /ws, like the "
-         "reference).", _named("transport", _transport)],
+         "reference).", _transport],
         ["name", None, None, "Name to sign in with [default: user@host]."],
         ["call", "c", None, "Call this peer (name or id) as soon as it is listed."],
         ["play", None, None, "Send this file, URL or device (read with PyAV) instead of the test pattern."],
         ["play-format", None, None, "PyAV/FFmpeg input format for --play, e.g. v4l2, alsa, pulse."],
-        ["video-size", None, "640x480", "Test pattern size, WIDTHxHEIGHT.", _named("video-size", _video_size)],
-        ["fps", None, 30.0, "Test pattern frame rate.", _named("fps", positive_float)],
+        ["video-size", None, "640x480", "Test pattern size, WIDTHxHEIGHT.", _video_size],
+        ["fps", None, 30.0, "Test pattern frame rate.", positive_float],
         ["record", None, None, "Record each call to PATH-NAME-ID-TIME.EXT (.mp4, .webm, .mkv or .wav); "
          "the folder is created if missing."],
         ["ice-username", None, None, "Username for the --ice-server TURN servers."],
         ["ice-credential", None, None, "Credential for the --ice-server TURN servers."],
         ["ice-timeout", None, 20.0, "Seconds for ICE to connect; then the call ends with one line saying "
-         "which addresses were tried.", _named("ice-timeout", positive_float)],
-        ["max-calls", None, None, "Refuse calls beyond this many at once.", _named("max-calls", positive_int)],
+         "which addresses were tried.", positive_float],
+        ["max-calls", None, None, "Refuse calls beyond this many at once.", positive_int],
         ["stats-interval", None, 5.0, "Seconds between statistics log lines per call (0: none).",
-         _named("stats-interval", non_negative_float)],
+         non_negative_float],
         ["retry-delay", None, 2.0, "Seconds before retrying an unreachable server, plus up to as much "
-         "again at random.", _named("retry-delay", positive_float)],
+         "again at random.", positive_float],
         ["max-retry-delay", None, 10.0, "Cap of the doubling retry delay (before the random part).",
-         _named("max-retry-delay", positive_float)],
+         positive_float],
         ["metrics", None, None, "Serve Prometheus metrics (calls, frames) at /metrics on this "
          "Twisted endpoint, e.g. tcp:9101:interface=127.0.0.1."],
         ["log-level", None, "info", "Least severe pcpeer events logged: debug (adds ICE and "
-         "signaling details, candidates, data-channel text), info, warn, error, critical."],
+         "signaling details, candidates, data-channel text), info, warn, error, critical.", log_level],
     ]
 
     def __init__(self):
-        usage.Options.__init__(self)
+        CheckedOptions.__init__(self)
         self["ice-servers"] = []
         self["ice-addresses"] = []
         self["play-options"] = {}
-
-    def opt_version(self):
-        """Print the version and exit."""
-        print("pcsignal %s" % (__version__,))
-        raise SystemExit(0)
 
     def opt_ice_server(self, url):
         """STUN/TURN server URL (repeatable). Default: what the server's /ice-servers offers, per call."""
@@ -187,22 +166,18 @@ class Options(usage.Options):
         try:
             ipaddress.ip_address(address)
         except ValueError:
-            raise usage.UsageError("--ice-address must be an IP address, not %r" % (address,))
+            raise bad_option("ice-address", "must be an IP address, not %r" % (address,))
         self["ice-addresses"].append(address)
 
     def opt_play_option(self, option):
         """KEY=VALUE option for the --play input, e.g. video_size=640x480 (repeatable)."""
         key, sep, value = option.partition("=")
         if not sep or not key:
-            raise usage.UsageError("--play-option must be KEY=VALUE, not %r" % (option,))
+            raise bad_option("play-option", "must be KEY=VALUE, not %r" % (option,))
         self["play-options"][key] = value
 
     def postOptions(self):
-        from pcsignal import logs
-
         require_peer_extra()
-        if self["log-level"] not in logs.LEVELS:
-            raise usage.UsageError("--log-level must be one of " + ", ".join(logs.LEVELS))
         if self["name"] is None:
             self["name"] = default_name()
         if isinstance(self["video-size"], str):  # the default, as written in --help
@@ -211,13 +186,13 @@ class Options(usage.Options):
         if record is not None:
             ext = os.path.splitext(record)[1].lower()
             if ext not in RECORDABLE_KINDS:
-                raise usage.UsageError("--record must end in one of %s" % (", ".join(sorted(RECORDABLE_KINDS)),))
+                raise bad_option("record", "must end in one of %s" % (", ".join(sorted(RECORDABLE_KINDS)),))
             problem = record_folder_problem(record)
             if problem:
-                raise usage.UsageError("--record %s: %s" % (record, problem))
+                raise bad_option("record", "%s: %s" % (record, problem))
         play = self["play"]
         if play is not None and self["play-format"] is None and "://" not in play and not os.path.isfile(play):
-            raise usage.UsageError("--play %s: no such file" % (play,))
+            raise bad_option("play", "%s: no such file" % (play,))
         if self["echo"] and play is not None:
             raise usage.UsageError("--echo and --play exclude each other")
         from pcsignal.peer.ice import ice_configuration
@@ -228,12 +203,8 @@ class Options(usage.Options):
             raise usage.UsageError("--ice-server: %s" % (e,))
         self["reactor"] = reactor = install_asyncio_reactor()
         if self["metrics"] is not None:
-            from twisted.internet import endpoints
-
-            try:
-                endpoints.serverFromString(reactor, self["metrics"])
-            except Exception as e:  # ValueError, KeyError, TypeError...: whatever the parser says
-                raise usage.UsageError("--metrics %s is not a Twisted endpoint: %s" % (self["metrics"], e))
+            # As the server checks --listen: type, port, interface, files.
+            self["metrics-endpoint"] = check_endpoint(self["metrics"], reactor, "metrics")
 
 
 class PeerService(Service):
@@ -300,5 +271,8 @@ def makeService(options):
         from pcsignal.peer.metrics import metrics_site
         from pcsignal.listeners import ListenerService
 
-        ListenerService(options["metrics"], metrics_site(peer), "pcpeer metrics").setServiceParent(top)
+        listener = ListenerService(options["metrics-endpoint"], metrics_site(peer), "pcpeer metrics",
+                                   reactor=options["reactor"])
+        listener.bind()  # now: a port in use ends start-up in one line, as for the server
+        listener.setServiceParent(top)
     return top

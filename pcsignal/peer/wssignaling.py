@@ -8,7 +8,8 @@ PROTOCOL.md), behind SignalingClient's public API and events.
 - Every frame from the server carries ``n``; the highest handled is kept,
   so a frame sent again after a resume is not handled twice.
 - A dropped socket is resumed (``resume`` with the sign-in token and that
-  ``n``) on a new one, with the same back-off as an unreachable server;
+  ``n``) on a new one, with the same (jittered) back-off as an unreachable
+  server, or after the ``retry_after`` of a ``429``;
   nothing is reported while that works.  If the server refuses (it has
   forgotten us), we are signed out and sign in again, as over HTTP.
 - ``transport="auto"``: a server that answers the upgrade with anything
@@ -35,9 +36,11 @@ from pcsignal.peer.signaling import (
     MAX_ANSWER_BYTES,
     SIGN_IN_TIMEOUT,
     NotSignedIn,
+    RateLimited,
     SignalingClient,
     SignalingError,
     _describe,
+    retry_after,
 )
 
 SUBPROTOCOL = "pcsignal.v1"
@@ -89,6 +92,10 @@ class WebSocketSignalingClient(SignalingClient):
             return await SignalingClient._sign_in(self)
         await self._send_frame({"type": "sign_in", "name": self.name})
         frame = await self._receive()
+        if frame is not None and frame.get("type") == "error" and frame.get("status") == 429:
+            retry_after = frame.get("retry_after")
+            raise RateLimited("sign-in answered %s" % (_refusal(frame, self._ws),),
+                              float(retry_after) if isinstance(retry_after, (int, float)) else None)
         if frame is None or frame["type"] != "signed_in":
             raise SignalingError("sign-in answered %s" % (_refusal(frame, self._ws),))
         self.using = "websocket"
@@ -178,10 +185,10 @@ class WebSocketSignalingClient(SignalingClient):
             except Exception as e:
                 if not self._running:
                     return None
-                delay = min(self.retry_delay * 2 ** attempt, self.max_retry_delay)
+                delay = self._after(getattr(e, "delay", None), attempt)
                 attempt += 1
                 reason = _describe(e)
-                self.log.warn("cannot resume at {url}: {reason}; retrying in {delay:.0f} s",
+                self.log.warn("cannot resume at {url}: {reason}; retrying in {delay:.1f} s",
                               url=self.server_url, reason=reason, delay=delay)
                 sleep = self._sleep(delay)
                 self.emit("retrying", delay, reason)
@@ -286,6 +293,9 @@ class WebSocketSignalingClient(SignalingClient):
             # As over HTTP, so the reason is explained the same way (plain HTTP on https://).
             raise TimeoutError("no answer within %g s" % (SIGN_IN_TIMEOUT,))
         except aiohttp.WSServerHandshakeError as e:
+            if e.status == 429:
+                raise RateLimited("the WebSocket upgrade answered 429", retry_after(
+                    (e.headers or {}).get("Retry-After", ""), self._clock.seconds()))
             if e.status in _RETRY_LATER:
                 raise SignalingError("the WebSocket upgrade answered %d" % (e.status,))
             raise NoWebSocket("the upgrade answered %d" % (e.status,))
