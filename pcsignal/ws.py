@@ -274,17 +274,16 @@ class SignalingSocket(WebSocketServerProtocol):
                 timer.cancel()
         self._tick = self._settle = self._deadline = None
         peer_id = self._release()
-        if peer_id is None:
-            return
-        if wasClean and self.closedByMe:
-            # The client answered our close: it read all we wrote before it.
-            _unheeded(self._channel.ack(peer_id, self._written), "ack", peer_id)
-        else:
-            log.info("socket of peer {peer_id} closed ({code}); it may resume "
-                     "within the peer timeout", peer_id=peer_id, code=code)
-        # A missed wait: what the client may not have read (or was never
-        # written) goes back to the head of the mailbox.
-        _unheeded(self._channel.requeue(peer_id), "requeue", peer_id)
+        if peer_id is not None:
+            if wasClean and self.closedByMe:
+                # The client answered our close: it read all we wrote before it.
+                _unheeded(self._channel.ack(peer_id, self._written), "ack", peer_id)
+            else:
+                log.info("socket of peer {peer_id} closed ({code}); it may resume "
+                         "within the peer timeout", peer_id=peer_id, code=code)
+            # A missed wait: what the client may not have read (or was never
+            # written) goes back to the head of the mailbox.
+            _unheeded(self._channel.requeue(peer_id), "requeue", peer_id)
         self.factory.socket_closed()
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
