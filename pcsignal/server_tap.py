@@ -22,7 +22,6 @@ import shlex
 import sys
 
 from twisted.application import service
-from twisted.internet import defer
 from twisted.python import usage
 
 from pcsignal import ice, logs, ws, state
