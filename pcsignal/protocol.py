@@ -29,6 +29,9 @@ SIGN_IN = b"/sign_in"
 SIGN_OUT = b"/sign_out"
 WAIT = b"/wait"
 MESSAGE = b"/message"
+# The WebSocket transport (docs/protocol.rst): its path and subprotocol.
+WEBSOCKET = b"/ws"
+WEBSOCKET_SUBPROTOCOL = "pcsignal.v1"
 
 BYE = b"BYE"
 
@@ -110,6 +113,12 @@ def clean_name(raw: Union[bytes, str], peer_id: int) -> str:
 
 
 # -- ids -----------------------------------------------------------------------
+
+
+def websocket_url(server_url: str, path: str = "/ws") -> str:
+    """The ws:// (or wss://) URL of path on the server at an http:// (https://) URL."""
+    scheme, sep, rest = server_url.rstrip("/").partition("://")
+    return {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme) + sep + rest + path
 
 
 def atoi(text: Union[bytes, str]) -> Optional[int]:

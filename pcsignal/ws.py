@@ -57,8 +57,6 @@ from pcsignal.web import (
     sign_in_limited,
 )
 
-PATH = b"/ws"
-SUBPROTOCOL = "pcsignal.v1"
 
 # Items written to a socket ahead of proof that its client read them.
 WINDOW = 64
@@ -213,7 +211,8 @@ class SignalingSocket(WebSocketServerProtocol):
         self._dataReceived(data)
 
     def onConnect(self, request):
-        return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
+        subprotocol = protocol.WEBSOCKET_SUBPROTOCOL
+        return subprotocol if subprotocol in request.protocols else None
 
     def onOpen(self):
         self._opened = True
@@ -582,7 +581,7 @@ class SignalingSocketFactory(WebSocketServerFactory):
 
     def __init__(self, channel: IChannel, site: SignalingSite, ping_interval: float,
                  clock):
-        WebSocketServerFactory.__init__(self, protocols=[SUBPROTOCOL],
+        WebSocketServerFactory.__init__(self, protocols=[protocol.WEBSOCKET_SUBPROTOCOL],
                                         server=None, reactor=clock)
         self.channel = channel
         self.site = site
@@ -668,7 +667,7 @@ class Upgrade(WebSocketResource):
 def mount(site: SignalingSite, channel: IChannel, ping_interval: float, clock) -> SignalingSocketFactory:
     """Serve the WebSocket transport at /ws on this Site."""
     factory = SignalingSocketFactory(channel, site, ping_interval, clock)
-    site.routes[PATH] = Upgrade(factory)
+    site.routes[protocol.WEBSOCKET] = Upgrade(factory)
     if site.metrics is not None:
         Gauge("pcsignal_websockets", "WebSocket connections open.",
               registry=site.metrics.registry).set_function(lambda: factory.open_count)

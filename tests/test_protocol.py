@@ -100,3 +100,13 @@ def test_encoded_messages_use_the_native_client_keys():
     assert Bye().encode() == b"BYE"
     for msg in [SessionDescription("offer", "v=0\r\n"), IceCandidate("1", 1, "candidate:y"), Bye()]:
         assert protocol.parse_message(msg.encode()) == msg
+
+
+@pytest.mark.parametrize("server_url, path, expected", [
+    ("http://127.0.0.1:8888", "/ws", "ws://127.0.0.1:8888/ws"),
+    ("https://signal.example.org/", "/ws", "wss://signal.example.org/ws"),
+    ("HTTP://[::1]:8888/prefix", "/ws", "ws://[::1]:8888/prefix/ws"),
+    ("http://127.0.0.1:9000", "/peerjs", "ws://127.0.0.1:9000/peerjs"),
+])
+def test_websocket_url(server_url, path, expected):
+    assert protocol.websocket_url(server_url, path) == expected

@@ -26,20 +26,13 @@ import aiohttp
 from yarl import URL
 
 from pcsignal.bench.peers import SignalingError
-from pcsignal.protocol import Entry
+from pcsignal.protocol import WEBSOCKET_SUBPROTOCOL, Entry, websocket_url
 
-SUBPROTOCOL = "pcsignal.v1"
 CONNECT_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
 def _ignore(*args) -> None:
     pass
-
-
-def websocket_url(base: str, path: str) -> str:
-    """http(s)://host:port + path -> ws(s)://host:port + path."""
-    url = URL(base.rstrip("/") + path)
-    return str(url.with_scheme({"http": "ws", "https": "wss"}.get(url.scheme, url.scheme)))
 
 
 class _SocketPeer:
@@ -98,7 +91,7 @@ class WebSocketBenchPeer(_SocketPeer):
     """A pcsignal peer over ``/ws``."""
 
     async def sign_in(self) -> None:
-        await self._connect(websocket_url(self.base, "/ws"), protocols=(SUBPROTOCOL,))
+        await self._connect(websocket_url(self.base), protocols=(WEBSOCKET_SUBPROTOCOL,))
         await self.ws.send_str(json.dumps({"type": "sign_in", "name": self.name}))
         frame = await self._first()
         if frame.get("type") != "signed_in":

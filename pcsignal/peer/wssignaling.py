@@ -32,6 +32,7 @@ from typing import Optional
 import aiohttp
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 
+from pcsignal.protocol import WEBSOCKET_SUBPROTOCOL, websocket_url
 from pcsignal.peer.signaling import (
     MAX_ANSWER_BYTES,
     SIGN_IN_TIMEOUT,
@@ -43,7 +44,6 @@ from pcsignal.peer.signaling import (
     retry_after,
 )
 
-SUBPROTOCOL = "pcsignal.v1"
 # Upgrade answers that mean "busy, later", not "no WebSocket here".
 _RETRY_LATER = (429, 503)
 _PEER_GONE = 4500
@@ -51,11 +51,6 @@ _PEER_GONE = 4500
 
 class NoWebSocket(SignalingError):
     """The server answered the upgrade with plain HTTP: it has no /ws."""
-
-
-def websocket_url(server_url: str) -> str:
-    scheme, rest = server_url.split("://", 1)
-    return {"http": "ws", "https": "wss"}[scheme] + "://" + rest + "/ws"
 
 
 class WebSocketSignalingClient(SignalingClient):
@@ -283,7 +278,7 @@ class WebSocketSignalingClient(SignalingClient):
         if self._ws is not None and not self._ws.closed:
             await _deferred(self._ws.close())  # a refused sign-in's socket
         connect = self._session.ws_connect(
-            websocket_url(self.server_url), protocols=(SUBPROTOCOL,),
+            websocket_url(self.server_url), protocols=(WEBSOCKET_SUBPROTOCOL,),
             timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=MAX_ANSWER_BYTES)
         try:
             d = _deferred(asyncio.wait_for(connect, SIGN_IN_TIMEOUT))
