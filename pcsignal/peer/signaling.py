@@ -313,16 +313,20 @@ class SignalingClient(TwistedEventEmitter):
         if stale:
             self.log.info("signing out our previous id {id}", id=old_id)
             ensureDeferred(self._sign_out(old_id))
+        self._announce_sign_in(old_peers)
+
+    def _announce_sign_in(self, old_peers: dict) -> None:
+        """Events for a sign-in (self.peers is its list): who left meanwhile, us, who is new."""
         for pid, name in old_peers.items():
             if pid not in self.peers:
                 self.emit("peer_left", pid, name)
-        self.emit("signed_in", peer_id, dict(self.peers))
+        self.emit("signed_in", self.peer_id, dict(self.peers))
         for pid, name in self.peers.items():
             if pid not in old_peers:
                 self.emit("peer_joined", pid, name)
         if self._first_sign_in is not None:
             first, self._first_sign_in = self._first_sign_in, None
-            first.callback(peer_id)
+            first.callback(self.peer_id)
 
     async def _wait_forever(self) -> Optional[str]:
         """Keep the hanging GET parked; returns why we are no longer signed in (None: stopped)."""
@@ -373,16 +377,20 @@ class SignalingClient(TwistedEventEmitter):
 
     def _notification(self, body: bytes) -> None:
         for entry in protocol.parse_entries(body):
-            if entry.peer_id == self.peer_id:
-                continue
-            if entry.connected and entry.peer_id not in self.peers:
-                self.peers[entry.peer_id] = entry.name
-                self.log.info("{name} ({id}) signed in", name=entry.name, id=entry.peer_id)
-                self.emit("peer_joined", entry.peer_id, entry.name)
-            elif not entry.connected and entry.peer_id in self.peers:
-                name = self.peers.pop(entry.peer_id)
-                self.log.info("{name} ({id}) signed out", name=name, id=entry.peer_id)
-                self.emit("peer_left", entry.peer_id, name)
+            self._presence(entry.peer_id, entry.name, entry.connected)
+
+    def _presence(self, peer_id: int, name: str, connected: bool) -> None:
+        """Another peer signed in or out (told once per change, whatever the transport)."""
+        if peer_id == self.peer_id:
+            return
+        if connected and peer_id not in self.peers:
+            self.peers[peer_id] = name
+            self.log.info("{name} ({id}) signed in", name=name, id=peer_id)
+            self.emit("peer_joined", peer_id, name)
+        elif not connected and peer_id in self.peers:
+            name = self.peers.pop(peer_id)
+            self.log.info("{name} ({id}) signed out", name=name, id=peer_id)
+            self.emit("peer_left", peer_id, name)
 
     def _signed_out(self, reason: str) -> None:
         self.log.warn("no longer signed in: {reason}; signing in again", reason=reason)

@@ -101,16 +101,7 @@ class WebSocketSignalingClient(SignalingClient):
         self.log.info(
             "signed in to {url} as {name} ({id}); {count} other peer(s), over WebSocket",
             url=self.server_url, name=self.server_name, id=self.peer_id, count=len(self.peers))
-        for pid, name in old_peers.items():
-            if pid not in self.peers:
-                self.emit("peer_left", pid, name)
-        self.emit("signed_in", self.peer_id, dict(self.peers))
-        for pid, name in self.peers.items():
-            if pid not in old_peers:
-                self.emit("peer_joined", pid, name)
-        if self._first_sign_in is not None:
-            first, self._first_sign_in = self._first_sign_in, None
-            first.callback(self.peer_id)
+        self._announce_sign_in(old_peers)
         self._kick_outbox()
 
     async def _wait_forever(self) -> Optional[str]:
@@ -155,18 +146,6 @@ class WebSocketSignalingClient(SignalingClient):
             self.log.warn("{text}", text=text)
             if d is not None:
                 d.errback(SignalingError(text))
-
-    def _presence(self, peer_id: int, name: str, connected: bool) -> None:
-        if peer_id == self.peer_id:
-            return
-        if connected and peer_id not in self.peers:
-            self.peers[peer_id] = name
-            self.log.info("{name} ({id}) signed in", name=name, id=peer_id)
-            self.emit("peer_joined", peer_id, name)
-        elif not connected and peer_id in self.peers:
-            name = self.peers.pop(peer_id)
-            self.log.info("{name} ({id}) signed out", name=name, id=peer_id)
-            self.emit("peer_left", peer_id, name)
 
     async def _resume(self, code) -> Optional[str]:
         """Get our peer back on a new socket; None once resumed, else why not."""
