@@ -155,13 +155,8 @@ class BenchPeer:
 
     async def stop_waiting(self) -> None:
         """Abandon the parked /wait (closes its connection) and stop."""
-        if self._waiting is not None:
-            self._waiting.cancel()
-            try:
-                await self._waiting
-            except asyncio.CancelledError:
-                pass
-            self._waiting = None
+        task, self._waiting = self._waiting, None
+        await cancel(task)
 
     async def _wait_forever(self) -> None:
         while True:
@@ -240,6 +235,16 @@ class BenchPeer:
             await response.read()
             if response.status != 200:
                 raise SignalingError("sign_out answered %d" % (response.status,))
+
+
+async def cancel(task: Optional[asyncio.Future]) -> None:
+    """Cancel a peer's reading task (if any) and wait until it has stopped."""
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
 
 class Crowd:

@@ -347,7 +347,7 @@ async def compare(
                 value = value.get(key) if value is not None else None
             if value is not None:
                 values.append(value)
-        return None if not values else sorted(values)[(len(values) - 1) // 2]
+        return percentile(values, 0.5)
 
     summary = {
         label: {

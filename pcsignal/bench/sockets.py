@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import aiohttp
 from yarl import URL
 
-from pcsignal.bench.peers import SignalingError
+from pcsignal.bench.peers import SignalingError, cancel
 from pcsignal.protocol import WEBSOCKET_SUBPROTOCOL, Entry, websocket_url
 
 CONNECT_TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -70,13 +70,8 @@ class _SocketPeer:
         self._reading = asyncio.ensure_future(self._read_forever())
 
     async def stop_waiting(self) -> None:
-        if self._reading is not None:
-            self._reading.cancel()
-            try:
-                await self._reading
-            except asyncio.CancelledError:
-                pass
-            self._reading = None
+        task, self._reading = self._reading, None
+        await cancel(task)
 
     async def _read_forever(self) -> None:
         async for message in self.ws:
