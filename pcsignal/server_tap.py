@@ -249,10 +249,10 @@ class SignalingService(service.Service):
     Owns the channel.  On stop: with a state file, hangs up the connections
     of parked waits (no answer, so the native client simply asks again, and
     finds the next process), closes the WebSockets that serve peers (1001)
-    and gives their clients SOCKETS_GRACE seconds to answer, closes the channel, settles the answers still in
-    flight from what their sockets show, drains the connections and writes
-    the state; without one, every parked wait gets ``503 Server shutting
-    down.``, the answers in flight are settled and the connections drain.
+    and gives their clients SOCKETS_GRACE seconds to answer, settles the
+    answers still in flight from what their sockets show, closes the
+    channel, drains the connections and writes the state; without one, the
+    same, and every parked wait gets ``503 Server shutting down.``
     """
 
     # Seconds for WebSocket clients to answer the server's close.
@@ -269,10 +269,13 @@ class SignalingService(service.Service):
         self.site.stopping = True
         if self.state_file is not None:
             self.site.hang_up()
-        # Sockets first: their clean closes ack what their clients read.
+        # Every ack before the channel closes (a Redis channel's retirement
+        # carries the acks it holds; after it, what was read comes again):
+        # the sockets' clean closes, then the hanging GETs' answers.
         d = self.sockets.close_all(self.SOCKETS_GRACE)
-        d.addCallback(lambda _: self.channel.close())
         d.addCallback(lambda _: self.site.deliveries.settle_all())
+        d.addCallback(lambda _: self.channel.close())
+        d.addCallback(lambda _: self.site.deliveries.settle_all())  # handed meanwhile
         d.addCallback(lambda _: self.site.drain())
         if self.state_file is not None:
             d.addCallback(lambda _: state.save(self.state_file, self.channel))

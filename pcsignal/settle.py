@@ -159,8 +159,18 @@ class Deliveries:
             answer.look("new_wait")
 
     def settle_all(self) -> Deferred:
-        """At shutdown: settle every answer in flight from its socket now."""
-        return gatherResults([answer.look("shutdown") for answer in list(self.in_flight.values())])
+        """
+        At shutdown: settle every answer in flight from its socket now; one
+        whose client sent FIN is judged as its connection reports that FIN
+        (by its deadline at the latest).  Fires once each is settled.
+        """
+        settled = []
+        for answer in list(self.in_flight.values()):
+            d = answer.look("shutdown")
+            if self.in_flight.get(answer.peer_id) is answer:
+                d = answer.settled = Deferred()
+            settled.append(d)
+        return gatherResults(settled)
 
     def settle(self, peer_id: int, n: int, read: bool, evidence: str) -> Deferred:
         if logs.debug:
@@ -191,7 +201,7 @@ class Answer:
     (``connection.answer`` meanwhile) shows whether the client read it.
     """
 
-    __slots__ = ("deliveries", "connection", "peer_id", "n", "deadline", "recheck")
+    __slots__ = ("deliveries", "connection", "peer_id", "n", "deadline", "recheck", "settled")
 
     def __init__(self, deliveries: Deliveries, connection, peer_id: int, n: int):
         self.deliveries = deliveries
@@ -200,6 +210,7 @@ class Answer:
         self.n = n
         self.deadline = deliveries.clock.seconds() + deliveries.quiet_seconds
         self.recheck = None  # after a FIN, see closed_by_client
+        self.settled: Optional[Deferred] = None  # a shutdown waiting for this one
         connection.answer = self
         deliveries.in_flight[peer_id] = self
 
@@ -258,4 +269,7 @@ class Answer:
             del deliveries.in_flight[self.peer_id]
         self.connection.answer = None
         self.connection.answer_settled()
-        return deliveries.settle(self.peer_id, self.n, read, evidence)
+        d = deliveries.settle(self.peer_id, self.n, read, evidence)
+        if self.settled is not None:
+            d.chainDeferred(self.settled)
+        return d

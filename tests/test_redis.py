@@ -12,6 +12,7 @@ import collections
 import re
 import secrets
 import signal
+import socket
 import threading
 import time
 
@@ -19,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import LISTENING, REDIS_UP, LoggedProcess, TwistdProcess
-from httpclients import native
+from httpclients import address, native, read_answer
 from pcsignal.channel.redis import load_scripts
 from redis_support import Haproxy, RedisServer, free_port
 from test_bench import run_bench
@@ -558,3 +559,28 @@ def test_stopped_instance_acks_what_its_sockets_read(redis_server, instances):
     assert (closed.code, closed.reason) == (1001, "Server shutting down.")
     assert send(y.url, bob, alice_id, b"after").status == 200
     assert wait(y.url, alice_id).body == b"after"
+
+
+def test_stopped_instance_acks_the_answers_its_hanging_gets_read(redis_server, instances):
+    """
+    Alice read her answer on a keep-alive connection and says nothing more
+    (an answer counts as read after 1.5 s of quiet): SIGTERM settles it from
+    the open socket, and that ack must reach Redis before x leaves it, or
+    her next wait, on y, gets the same message again.
+    """
+    x, y = two_instances(redis_server, instances)
+    alice, _ = sign_in(x.url, "alice")
+    bob, _ = sign_in(y.url, "bob")
+    assert wait(x.url, alice).body == b"bob,%d,1\n" % bob
+    assert send(y.url, bob, alice, b"read once").status == 200
+    sock = socket.create_connection(address(x.url))
+    try:
+        sock.sendall(b"GET /wait?peer_id=%d HTTP/1.1\r\nHost: x\r\n\r\n" % alice)
+        answer, _ = read_answer(sock)
+        assert answer.body == b"read once"
+        x.stop()
+        assert sock.recv(1) == b""  # x closed the connection: it has left Redis
+    finally:
+        sock.close()
+    assert send(y.url, bob, alice, b"after").status == 200
+    assert wait(y.url, alice).body == b"after"
