@@ -309,12 +309,12 @@ class CannotListen(SystemExit):
     """Ends twistd with one line (SystemExit prints its text to stderr)."""
 
 
-def _why(failure) -> str:
+def _why(failure, program: str) -> str:
     e = failure.value
     cause = getattr(e, "socketError", None) or e
     number = getattr(cause, "errno", None)
     if number == errno.EADDRINUSE:
-        return "address already in use (is another pcsignal running?)"
+        return "address already in use (is another %s running?)" % (program,)
     if number == errno.EACCES:
         return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
     if number == errno.EADDRNOTAVAIL:
@@ -339,6 +339,8 @@ class ListenerService(service.Service):
     Listens on one checked Endpoint (or endpoint string) with a factory.
     ``bind`` listens at once (from makeService, so errors end start-up in one
     line); startService logs where it listens; stopService closes the port.
+    ``what`` names it in the log, program first: a port in use names that
+    program ("is another pcpeer running?").
     """
 
     def __init__(self, endpoint, factory, what="pcsignal listening", reactor=None):
@@ -365,7 +367,8 @@ class ListenerService(service.Service):
             self.port = result
             return result
         raise CannotListen("%s: cannot listen on %s: %s" % (
-            self.endpoint.named, _address(self.endpoint, result), _why(result)))
+            self.endpoint.named, _address(self.endpoint, result),
+            _why(result, self.what.split()[0])))
 
     def privilegedStartService(self):
         self.bind()

@@ -408,7 +408,7 @@ def test_bad_values_end_twistd_with_one_line_naming_the_option(tmp_path):
                                                    "an IP address, not 'nonsense'",
         ("--metrics", "tcp:%d:interface=127.0.0.1" % busy.getsockname()[1]):
             "--metrics tcp:%d:interface=127.0.0.1: cannot listen on 127.0.0.1:%d: address already in use"
-            % (busy.getsockname()[1], busy.getsockname()[1]),
+            " (is another pcpeer running?)" % (busy.getsockname()[1], busy.getsockname()[1]),
     }
     env = dict(os.environ, PYTHONPATH=ROOT)
     running = {
