@@ -22,7 +22,14 @@ local function uk(id) return P .. 'u:' .. id end   -- hash: untold presence by s
 local DELIVERY, MOVED, REMOVED, NUDGE = 1, 2, 3, 4
 local events, event_order, own = {}, {}, {}
 local removed = {}  -- id, name, why: for the caller to log
-local items_delta = 0  -- the change of ITEMS, applied once in reply()
+-- The changes of ITEMS and BYTES, applied once in reply(): a relayed
+-- message adds its bytes and its ack takes the last one's away.
+local items_delta, bytes_delta, bytes_base = 0, 0, nil
+
+local function bytes_held()
+  if not bytes_base then bytes_base = tonumber(call('GET', BYTES) or 0) end
+  return bytes_base + bytes_delta
+end
 
 local function instance_channel(session)
   return P .. 'i:' .. string.match(session, '^(.*)%.')
@@ -74,6 +81,15 @@ end
 local function held_count(id)
   return call('LLEN', qk(id)) - tonumber(call('HGET', pk(id), 'void') or 0)
     + call('LLEN', fk(id))
+end
+
+-- Whether a member's mailbox has room for one more item, and how many of
+-- its items are in flight.  The cancelled notifications are read only
+-- when they could make the difference.
+local function room(id)
+  local queued, inflight = call('LLEN', qk(id)), call('LLEN', fk(id))
+  return queued + inflight < MAXQ
+    or queued + inflight - tonumber(call('HGET', pk(id), 'void') or 0) < MAXQ, inflight
 end
 
 -- Everything in flight goes back to the head of the mailbox, in order,
@@ -243,13 +259,14 @@ local function ack(id, n)
     freed = freed + 1
     bytes = bytes + body_bytes(e)
   end
-  if freed == #inflight then
+  local emptied, e = freed == #inflight, nil
+  if emptied then
     if freed > 0 then call('DEL', f) end
     -- Requeued items, at the head of the mailbox, all numbered above those
     -- in flight.
     local q = qk(id)
     while true do
-      local e = call('LINDEX', q, 0)
+      e = call('LINDEX', q, 0)
       local en = e and tonumber(string.match(e, '^(%d+)#'))
       if not en or en > n then break end
       call('LPOP', q)
@@ -261,8 +278,9 @@ local function ack(id, n)
   end
   if freed > 0 then
     items_delta = items_delta - freed
-    if bytes > 0 then call('INCRBY', BYTES, 0 - bytes) end
-    wake(id)
+    bytes_delta = bytes_delta - bytes
+    -- Nothing in flight and nothing queued (e): nothing to hand out.
+    if not emptied then wake(id) elseif e then wake(id, 0) end
     return true
   end
 end
@@ -280,11 +298,8 @@ local function notify(m, subject, entry, joining)
     compact(m)
     if not joining and string.sub(untold, -3) == ',1\n' then return true end
   end
-  local queued, inflight = call('LLEN', qk(m)), call('LLEN', fk(m))
-  if queued + inflight >= MAXQ
-      and queued + inflight - tonumber(call('HGET', p, 'void') or 0) >= MAXQ then
-    return false
-  end
+  local fits, inflight = room(m)
+  if not fits then return false end
   call('RPUSH', qk(m), entry)
   call('HSET', u, subject, entry)
   items_delta = items_delta + 1
@@ -315,7 +330,7 @@ local function remove(pending)
       for _, key in ipairs({qk(id), fk(id)}) do
         for _, e in ipairs(call('LRANGE', key, 0, -1)) do bytes = bytes + body_bytes(e) end
       end
-      if bytes > 0 then call('INCRBY', BYTES, 0 - bytes) end
+      bytes_delta = bytes_delta - bytes
       if h[2] then
         local ws, serial = parse_wait(h[2])
         call('SREM', P .. 'parked:' .. ws, id)
@@ -357,9 +372,10 @@ end
 -- script's own results.
 local function reply(...)
   flush()
-  if items_delta ~= 0 then call('INCRBY', ITEMS, items_delta) end
-  local out = {call('ZCARD', ORDER), tonumber(call('GET', ITEMS) or 0),
-               tonumber(call('GET', BYTES) or 0), removed, own}
+  local items = items_delta ~= 0 and call('INCRBY', ITEMS, items_delta)
+    or tonumber(call('GET', ITEMS) or 0)
+  local bytes = bytes_delta ~= 0 and call('INCRBY', BYTES, bytes_delta) or bytes_held()
+  local out = {call('ZCARD', ORDER), items, bytes, removed, own}
   for _, v in ipairs({...}) do table.insert(out, v) end
   return out
 end
