@@ -153,3 +153,28 @@ def test_fin_before_the_answer_was_acknowledged_waits_for_the_verdict():
     assert len(deliveries) == 0 and sent > 0
     assert channel.wait(peer).result.n == n  # requeued
     server.close()
+
+
+def test_shutdown_settles_every_answer_before_it_fires(pair_of_sockets):
+    """
+    settle_all (the stop, before the channel closes) fires only once every
+    answer in flight is settled: one on an open socket at once (read), one
+    whose client sent a FIN when its connection reports that FIN.
+    """
+    server, client = pair_of_sockets
+    other_server, other_client = loopback_pair()
+    clock = Clock()
+    channel = MemoryChannel(Clock())  # its liveness timers are not under test
+    deliveries = Deliveries(channel, clock)
+    (a, na), (b, nb) = peers_with_items(channel, 2)
+    deliveries.handed(Connection(server), a, na)
+    closing = Connection(other_server)
+    deliveries.handed(closing, b, nb)
+    other_client.shutdown(socket.SHUT_WR)  # b's client closed; its connection has not said so yet
+    done = deliveries.settle_all()
+    assert list(deliveries.in_flight) == [b] and not done.called
+    closing.answer.closed_by_client()  # what the connection calls on reading the FIN
+    assert done.called and len(deliveries) == 0
+    assert not channel.wait(a).called and not channel.wait(b).called  # both read
+    other_server.close()
+    other_client.close()
