@@ -132,11 +132,23 @@ class _Commands(txredisapi.RedisProtocol):
         # The hot path's encoding (txredisapi's own works byte by byte in a
         # bytearray): every argument is bytes, str or int here.
         parts = [b"*%d\r\n" % (len(args),)]
+        add = parts.append
         for arg in args:
             if arg.__class__ is not bytes:
                 arg = (arg if arg.__class__ is str else str(arg)).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+            add(b"$%d\r\n" % (len(arg),))
+            add(arg)  # not copied into a formatted string: a body may be 64 KiB
+            add(b"\r\n")
         return b"".join(parts)
+
+    def execute_command(self, *args, **kwargs):
+        # txredisapi's, less the wrapping Deferred and two callbacks per
+        # command that serve only its reply timeout: RedisLink keeps its
+        # own deadlines (no pipelining or transactions here either).
+        if not self.connected:
+            raise txredisapi.ConnectionError("Not connected")
+        self.transport.write(self._build_command(*args))
+        return self.replyQueue.get().addCallback(self.handle_reply)
 
     def connectionLost(self, why):
         txredisapi.RedisProtocol.connectionLost(self, why)
