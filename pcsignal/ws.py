@@ -94,11 +94,17 @@ def _field(frame: dict, name: str, kind, what: str):
     return value
 
 
-def _seq(frame: dict) -> Optional[int]:
-    seq = frame.get("seq")
-    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
-        raise BadFrame("Field 'seq' must be a whole number.")
-    return seq
+def _whole_number(frame: dict, name: str, default: Optional[int] = None) -> Optional[int]:
+    """
+    A field that must be a whole number if given (``seq``, ``last``);
+    without a default, absent or null is None.
+    """
+    value = frame.get(name, default)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadFrame("Field %r must be a whole number." % (name,))
+    return value
 
 
 def _body(frame: dict) -> tuple[bytes, bytes]:
@@ -309,7 +315,7 @@ class SignalingSocket(WebSocketServerProtocol):
                 raise BadFrame("Frame is not JSON.")
             if type(frame) is not dict:
                 raise BadFrame("A frame is a JSON object.")
-            seq = _seq(frame)
+            seq = _whole_number(frame, "seq")
             handler = self._handlers.get(frame.get("type"))
             if handler is None:
                 raise BadFrame("Unknown frame type %s." % (json.dumps(frame.get("type"))[:40],))
@@ -377,9 +383,7 @@ class SignalingSocket(WebSocketServerProtocol):
     def _on_resume(self, frame: dict, seq: Optional[int]) -> None:
         peer_id = _field(frame, "id", int, "a peer id")
         token = _field(frame, "token", str, "text")
-        last = frame.get("last", 0)
-        if not isinstance(last, int) or isinstance(last, bool) or last < 0:
-            raise BadFrame("Field 'last' must be a whole number.")
+        last = _whole_number(frame, "last", 0)
         if self.peer_id is not None or self._busy:
             raise BadFrame("Already signed in.")
         self._busy = True
