@@ -206,8 +206,7 @@
         }
         this._unacked.clear();
         if (event.code === CLOSE_PEER_GONE) {
-          this._forget();
-          this._emit("signedout", { reason: FORGOTTEN });
+          this._forgotten();
         } else {
           this._resume();
         }
@@ -251,9 +250,7 @@
         }
         if (!frame) {
           unreachable = true;
-          this._emit("unreachable", { retryIn: retryIn });
-          await new Promise((resolve) => setTimeout(resolve, retryIn));
-          retryIn = Math.min(retryIn * 2, RETRY_MAX_MS);
+          retryIn = await this._unreachable(retryIn);
           continue;
         }
         if (frame.type === "resumed") {
@@ -262,10 +259,22 @@
           return;
         }
         ws.close(1000);
-        this._forget();
-        this._emit("signedout", { reason: FORGOTTEN });
+        this._forgotten();
         return;
       }
+    }
+
+    /** Say the server is unreachable, wait retryIn ms; the next, doubled delay. */
+    async _unreachable(retryIn) {
+      this._emit("unreachable", { retryIn: retryIn });
+      await new Promise((resolve) => setTimeout(resolve, retryIn));
+      return Math.min(retryIn * 2, RETRY_MAX_MS);
+    }
+
+    /** The server no longer knows our peer: drop the session and say so. */
+    _forgotten() {
+      this._forget();
+      this._emit("signedout", { reason: FORGOTTEN });
     }
 
     _resumeOver(ws, id) {
@@ -294,9 +303,7 @@
         } catch (e) {
           if (signal.aborted) return;
           unreachable = true;
-          this._emit("unreachable", { retryIn: retryIn });
-          await new Promise((resolve) => setTimeout(resolve, retryIn));
-          retryIn = Math.min(retryIn * 2, RETRY_MAX_MS);
+          retryIn = await this._unreachable(retryIn);
           continue;
         }
         if (signal.aborted) return;
@@ -306,11 +313,7 @@
         }
         retryIn = RETRY_FIRST_MS;
         if (!response.ok) {
-          this._forget();
-          this._emit("signedout", {
-            reason: "The server no longer knows this session (it restarted, or this page was " +
-              "asleep for too long). Sign in again to continue.",
-          });
+          this._forgotten();
           return;
         }
         this._dispatchItem(parseInt(response.headers.get("Pragma"), 10), body);
