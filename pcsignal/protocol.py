@@ -115,7 +115,7 @@ def clean_name(raw: Union[bytes, str], peer_id: int) -> str:
 # -- ids -----------------------------------------------------------------------
 
 
-def websocket_url(server_url: str, path: str = "/ws") -> str:
+def websocket_url(server_url: str, path: str = WEBSOCKET.decode()) -> str:
     """The ws:// (or wss://) URL of path on the server at an http:// (https://) URL."""
     scheme, sep, rest = server_url.rstrip("/").partition("://")
     return {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme) + sep + rest + path

@@ -25,14 +25,10 @@ from typing import Callable, Optional
 import aiohttp
 from yarl import URL
 
-from pcsignal.bench.peers import SignalingError, cancel
+from pcsignal.bench.peers import SignalingError, _ignore, cancel
 from pcsignal.protocol import WEBSOCKET_SUBPROTOCOL, Entry, websocket_url
 
 CONNECT_TIMEOUT = aiohttp.ClientTimeout(total=30)
-
-
-def _ignore(*args) -> None:
-    pass
 
 
 class _SocketPeer:

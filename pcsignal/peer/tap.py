@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
-from pcsignal.listeners import check_endpoint
+from pcsignal.listeners import ListenerService, check_endpoint
 from pcsignal.options import BadValue, Options as CheckedOptions, bad_option, log_level
 from pcsignal.options import non_negative_float, positive_float, positive_int
 from pcsignal.peer.recording import RECORDABLE_KINDS, record_folder_problem
@@ -269,7 +269,6 @@ def makeService(options):
     PeerService(peer).setServiceParent(top)
     if options["metrics"] is not None:
         from pcsignal.peer.metrics import metrics_site
-        from pcsignal.listeners import ListenerService
 
         listener = ListenerService(options["metrics-endpoint"], metrics_site(peer), "pcpeer metrics",
                                    reactor=options["reactor"])
