@@ -15,6 +15,8 @@ import threading
 
 import aiohttp
 
+from pcsignal.protocol import websocket_url
+
 TIMEOUT = 10
 
 
@@ -40,10 +42,6 @@ def run(coro, timeout=TIMEOUT):
     return _loop.run(coro, timeout)
 
 
-def ws_url(http_url: str) -> str:
-    return http_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
-
-
 class Closed(Exception):
     """The server closed the socket; ``code`` and ``reason`` say why."""
 
@@ -66,7 +64,7 @@ class Socket:
             context = ssl.create_default_context(cadata=ca_pem.decode()) if ca_pem else True
             try:
                 ws = await self.session.ws_connect(
-                    ws_url(http_url), protocols=protocols, autoping=autoping, ssl=context,
+                    websocket_url(http_url), protocols=protocols, autoping=autoping, ssl=context,
                     max_msg_size=0)
             except BaseException:
                 await self.session.close()
