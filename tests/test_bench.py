@@ -125,6 +125,49 @@ def test_relay_compares_targets_in_one_run(pcsignal_server):
     assert signed_in_peers(url) == []
 
 
+def test_relay_against_a_baseline_reports_the_ratio_round_by_round(pcsignal_server, run_twistd):
+    proc, url = pcsignal_server
+    baseline_proc, baseline_url = start_pcsignal(run_twistd)
+    code, result = run_bench(
+        url, "relay", "--pairs", "1", "--messages", "40", "--rounds", "3",
+        "--server-pid", str(proc.proc.pid), "--extra-pid", str(baseline_proc.proc.pid),
+        "--baseline", baseline_url, "--baseline-pid", str(baseline_proc.proc.pid))
+    assert code == 0, result
+    assert (result["scenario"], result["baseline"]) == ("relay-compare", baseline_url)
+    assert list(result["summary"]) == [url, baseline_url]
+    runs, base_runs = result["runs"][url], result["runs"][baseline_url]
+    assert [run["url"] for run in runs + base_runs] == [url] * 3 + [baseline_url] * 3
+    row = result["summary"][url]
+    assert row["ratios_to_baseline"] == [
+        round(run["messages_per_second"] / base["messages_per_second"], 3)
+        for run, base in zip(runs, base_runs)]
+    assert row["ratio_to_baseline"] == sorted(row["ratios_to_baseline"])[1]
+    # --extra-pid counts for URL's runs only.
+    assert all(run["extra_cpu_us_per_message"] >= 0 for run in runs)
+    assert all(run["extra_cpu_us_per_message"] is None for run in base_runs)
+    assert "ratio_to_baseline" not in result["summary"][baseline_url]
+    text = bench.summary(result)
+    assert "%s against %s: %.2fx its msgs/s" % (url, baseline_url, row["ratio_to_baseline"]) in text
+    assert signed_in_peers(url) == [] and signed_in_peers(baseline_url) == []
+
+
+@pytest.mark.parametrize("extra", [
+    ["--peerjs", "http://127.0.0.1:9"], ["--transport", "http", "--transport", "ws"]])
+def test_relay_baseline_refuses_a_second_kind_of_comparison(extra, capsys):
+    with pytest.raises(SystemExit) as exit:
+        bench.main(["http://127.0.0.1:1", "relay", "--baseline", "http://127.0.0.1:2", *extra])
+    assert exit.value.code == 2
+    assert "--baseline compares two servers on one transport" in capsys.readouterr().err
+
+
+def test_relay_second_url_is_for_a_single_relay(capsys):
+    with pytest.raises(SystemExit) as exit:
+        bench.main(["http://127.0.0.1:1", "relay", "--second-url", "http://127.0.0.1:2",
+                    "--baseline", "http://127.0.0.1:3"])
+    assert exit.value.code == 2
+    assert "--second-url is for a single relay" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("processes", [1, 3])
 def test_storm_every_peer_learns_every_other(pcsignal_server, processes):
     proc, url = pcsignal_server

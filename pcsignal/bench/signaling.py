@@ -36,7 +36,7 @@ import platform
 import random
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import aiohttp
 import psutil
@@ -323,21 +323,35 @@ async def relay(
     return result
 
 
+class Target(NamedTuple):
+    """One server a relay comparison runs against."""
+
+    label: str
+    url: str
+    transport: str
+    server: Optional[ProcessStats] = None
+    extras: Optional[CpuMeter] = None
+
+
 async def compare(
-    targets: list[tuple[str, str, str, Optional[ProcessStats]]],
+    targets: list[Target],
     rounds: int,
+    baseline: Optional[str] = None,
     **relay_args,
 ) -> dict:
     """
-    The relay scenario against several targets (label, url, transport,
-    server) in one run: round after round, each target in turn, so that
-    whatever else loads the machine loads them alike.  Per target: the
-    median of its rounds.
+    The relay scenario against several targets in one run: round after
+    round, each target in turn, so that whatever else loads the machine
+    loads them alike.  Per target: the median of its rounds; with a
+    baseline (a target's label), every other target's msgs/s as a ratio
+    of the baseline's, round by round and their median.
     """
-    runs: dict[str, list[dict]] = {label: [] for label, _, _, _ in targets}
+    runs: dict[str, list[dict]] = {target.label: [] for target in targets}
     for _ in range(rounds):
-        for label, url, transport, server in targets:
-            runs[label].append(await relay(url, server=server, transport=transport, **relay_args))
+        for target in targets:
+            runs[target.label].append(await relay(
+                target.url, server=target.server, transport=target.transport,
+                extras=target.extras, **relay_args))
 
     def median(label, *path):
         values = []
@@ -349,22 +363,42 @@ async def compare(
                 values.append(value)
         return percentile(values, 0.5)
 
+    def per_message(run, key):
+        seconds = run.get(key)
+        return round(seconds / run["messages"] * 1e6, 1) if seconds is not None and run["messages"] else None
+
+    for label in runs:
+        for run in runs[label]:
+            run["extra_cpu_us_per_message"] = per_message(run, "extra_cpu_seconds")
     summary = {
         label: {
             "messages_per_second": median(label, "messages_per_second"),
             "p50_ms": median(label, "latency", "p50_ms"),
             "p99_ms": median(label, "latency", "p99_ms"),
             "server_cpu_us_per_message": median(label, "server_cpu_us_per_message"),
+            "extra_cpu_us_per_message": median(label, "extra_cpu_us_per_message"),
             "errors": sum(run["errors"] for run in runs[label]),
         }
         for label in runs
     }
+    if baseline is not None:
+        for label, row in summary.items():
+            if label == baseline:
+                continue
+            ratios = [
+                round(run["messages_per_second"] / base["messages_per_second"], 3)
+                for run, base in zip(runs[label], runs[baseline])
+                if base["messages_per_second"]
+            ]
+            row["ratios_to_baseline"] = ratios
+            row["ratio_to_baseline"] = percentile(ratios, 0.5) if ratios else None
     errors = [sample for label in runs for run in runs[label] for sample in run["error_samples"]]
     return {
         "scenario": "relay-compare",
         "rounds": rounds,
         "pairs": relay_args["pairs"],
         "message_bytes": relay_args["size"],
+        "baseline": baseline,
         "summary": summary,
         "runs": runs,
         "errors": sum(item["errors"] for item in summary.values()),
@@ -555,27 +589,29 @@ async def hold(
 
 
 def _comparison(result: dict) -> list[str]:
-    """A relay-compare result: one row per target, and each as a ratio of PeerJS's."""
+    """A relay-compare result: one row per target, and each as a ratio of the baseline's."""
     lines = ["relay, %d pairs, %d-byte messages, median of %d round(s):"
              % (result["pairs"], result["message_bytes"], result["rounds"]),
-             "%-16s %10s %9s %9s %14s" % ("", "msgs/s", "p50 ms", "p99 ms", "server CPU us/msg")]
+             "%-24s %10s %9s %9s %18s %16s" % (
+                 "", "msgs/s", "p50 ms", "p99 ms", "server CPU us/msg", "extra CPU us/msg")]
     for label, row in result["summary"].items():
-        lines.append("%-16s %10s %9s %9s %14s" % (
+        lines.append("%-24s %10s %9s %9s %18s %16s" % (
             label, row["messages_per_second"], row["p50_ms"], row["p99_ms"],
-            row["server_cpu_us_per_message"]))
-    base = result["summary"].get("peerjs")
+            row["server_cpu_us_per_message"], row["extra_cpu_us_per_message"] or "-"))
+    baseline = result.get("baseline")
+    base = result["summary"].get(baseline)
     for label, row in result["summary"].items():
-        if label == "peerjs" or not base:
+        if label == baseline or not base:
             continue
         ratios = []
-        if row["messages_per_second"] and base["messages_per_second"]:
-            ratios.append("%.2fx its msgs/s" % (
-                row["messages_per_second"] / base["messages_per_second"],))
+        if row.get("ratio_to_baseline") is not None:
+            ratios.append("%.2fx its msgs/s (rounds: %s)" % (
+                row["ratio_to_baseline"], ", ".join("%.2f" % r for r in row["ratios_to_baseline"])))
         if row["server_cpu_us_per_message"] and base["server_cpu_us_per_message"]:
             ratios.append("%.2fx its CPU per message" % (
                 row["server_cpu_us_per_message"] / base["server_cpu_us_per_message"],))
         if ratios:
-            lines.append("%s against peerjs: %s" % (label, ", ".join(ratios)))
+            lines.append("%s against %s: %s" % (label, baseline, ", ".join(ratios)))
     return lines
 
 
@@ -753,9 +789,16 @@ def build_parser() -> argparse.ArgumentParser:
     relay_parser.add_argument("--peerjs-pid", type=int, metavar="PID",
                               help="pid of that PeerJS server: report its CPU time")
     relay_parser.add_argument(
+        "--baseline", metavar="URL", type=base_url,
+        help="also relay through this server in the same run, rounds alternating, and "
+             "report URL's msgs/s as a ratio of its (e.g. URL on Redis, the baseline in "
+             "memory)")
+    relay_parser.add_argument("--baseline-pid", type=int, metavar="PID",
+                              help="pid of the baseline server: report its CPU time")
+    relay_parser.add_argument(
         "--rounds", type=positive_int, default=1,
-        help="with several targets: run them in turn this many times, report the medians "
-             "(default 1)")
+        help="with several targets (--baseline, --peerjs, two --transport): run them in "
+             "turn this many times, report the medians (default 1)")
 
     storm_parser = scenarios.add_parser(
         "storm",
@@ -811,9 +854,10 @@ async def unreachable(url: str, timeout: float = 10.0) -> Optional[str]:
 
 
 async def run(args: argparse.Namespace, loop: str) -> dict:
-    problem = await unreachable(args.url)
-    if problem is not None:
-        raise SystemExit("pcsignal-bench: cannot reach %s: %s" % (args.url, problem))
+    for url in filter(None, [args.url, getattr(args, "baseline", None)]):
+        problem = await unreachable(url)
+        if problem is not None:
+            raise SystemExit("pcsignal-bench: cannot reach %s: %s" % (url, problem))
     server = ProcessStats(args.server_pid) if args.server_pid else None
     extras = CpuMeter([ProcessStats(pid) for pid in args.extra_pid]) if args.extra_pid else None
     if args.scenario in hostile.SCENARIOS:
@@ -823,14 +867,21 @@ async def run(args: argparse.Namespace, loop: str) -> dict:
         relay_args = dict(pairs=args.pairs, seconds=args.seconds, messages=args.messages,
                           size=args.size, timeout=args.timeout, abandon=args.abandon,
                           abandon_after=args.abandon_after, seed=args.seed)
-        if len(transports) == 1 and not args.peerjs:
+        if len(transports) == 1 and not (args.peerjs or args.baseline):
             return await relay(args.url, server=server, transport=transports[0],
                                second_url=args.second_url, extras=extras, **relay_args)
-        targets = [("pcsignal-" + t, args.url, t, server) for t in dict.fromkeys(transports)]
+        if args.baseline:
+            baseline = ProcessStats(args.baseline_pid) if args.baseline_pid else None
+            targets = [Target(args.url, args.url, transports[0], server, extras),
+                       Target(args.baseline, args.baseline, transports[0], baseline)]
+            return await compare(targets, args.rounds, baseline=args.baseline, **relay_args)
+        targets = [Target("pcsignal-" + t, args.url, t, server, extras)
+                   for t in dict.fromkeys(transports)]
         if args.peerjs:
             peerjs = ProcessStats(args.peerjs_pid) if args.peerjs_pid else None
-            targets.append(("peerjs", args.peerjs, "peerjs", peerjs))
-        return await compare(targets, args.rounds, **relay_args)
+            targets.append(Target("peerjs", args.peerjs, "peerjs", peerjs))
+        return await compare(targets, args.rounds, baseline="peerjs" if args.peerjs else None,
+                             **relay_args)
     if args.scenario == "storm":
         return await storm(
             args.url, args.peers, args.timeout, args.idle_timeout, args.processes, loop, server,
@@ -860,8 +911,20 @@ def event_loop_runner(choice: str) -> tuple[str, Callable]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    for pid in filter(None, [args.server_pid, getattr(args, "peerjs_pid", None)] + args.extra_pid):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.scenario == "relay":
+        transports = set(args.transport or ())
+        if args.baseline == args.url:
+            parser.error("--baseline is URL itself: give another server")
+        if args.baseline and (args.peerjs or len(transports) > 1):
+            parser.error("--baseline compares two servers on one transport: "
+                         "not with --peerjs or two --transport")
+        if args.second_url and (args.baseline or args.peerjs or len(transports) > 1):
+            parser.error("--second-url is for a single relay: "
+                         "not with --baseline, --peerjs or two --transport")
+    pids = [args.server_pid, getattr(args, "peerjs_pid", None), getattr(args, "baseline_pid", None)]
+    for pid in filter(None, pids + args.extra_pid):
         if not psutil.pid_exists(pid):
             print("pcsignal-bench: no process %d on this machine" % (pid,), file=sys.stderr)
             return 2
