@@ -7,7 +7,8 @@ several servers in one process, as in the tests, do not collide.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry, Counter, Gauge, GCCollector, Histogram, ProcessCollector)
 
 from pcsignal import ice, protocol
 
@@ -24,6 +25,10 @@ _ENDPOINTS = {
 class ServerMetrics:
     def __init__(self, channel):
         self.registry = r = CollectorRegistry()
+        # prometheus-client's own: process_* (CPU, memory, open files) and
+        # python_gc_* (collections by generation).
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
         Gauge("pcsignal_peers", "Peers signed in.", registry=r).set_function(
             lambda: channel.peer_count)
         Gauge("pcsignal_parked_waits", "Hanging GETs parked.", registry=r).set_function(

@@ -182,6 +182,14 @@ def test_without_internal_listener_every_listener_serves_metrics(run_twistd):
     assert "pcsignal_peers" in metric_values(url)
 
 
+def test_metrics_include_the_process_and_its_garbage_collector(run_twistd):
+    _, url = start_pcsignal(run_twistd)
+    values = metric_values(url)
+    assert values["process_resident_memory_bytes"] > 10 * 2**20
+    assert values["process_cpu_seconds_total"] > 0
+    assert "python_gc_collections_total" in values
+
+
 # -- SIGHUP ------------------------------------------------------------------------
 
 
