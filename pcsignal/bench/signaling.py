@@ -365,7 +365,9 @@ async def compare(
 
     def per_message(run, key):
         seconds = run.get(key)
-        return round(seconds / run["messages"] * 1e6, 1) if seconds is not None and run["messages"] else None
+        if seconds is None or not run["messages"]:
+            return None
+        return round(seconds / run["messages"] * 1e6, 1)
 
     for label in runs:
         for run in runs[label]:
@@ -597,7 +599,8 @@ def _comparison(result: dict) -> list[str]:
     for label, row in result["summary"].items():
         lines.append("%-24s %10s %9s %9s %18s %16s" % (
             label, row["messages_per_second"], row["p50_ms"], row["p99_ms"],
-            row["server_cpu_us_per_message"], row["extra_cpu_us_per_message"] or "-"))
+            row["server_cpu_us_per_message"],
+            "-" if row["extra_cpu_us_per_message"] is None else row["extra_cpu_us_per_message"]))
     baseline = result.get("baseline")
     base = result["summary"].get(baseline)
     for label, row in result["summary"].items():
