@@ -320,6 +320,8 @@ async def relay(
         result["server_rss_mib"] = server.rss_mib()
     if extras:
         result["extra_cpu_seconds"] = extra_cpu
+        result["extra_cpu_us_per_message"] = (
+            round(extra_cpu / len(latencies) * 1e6, 1) if latencies else None)
     return result
 
 
@@ -363,15 +365,6 @@ async def compare(
                 values.append(value)
         return percentile(values, 0.5)
 
-    def per_message(run, key):
-        seconds = run.get(key)
-        if seconds is None or not run["messages"]:
-            return None
-        return round(seconds / run["messages"] * 1e6, 1)
-
-    for label in runs:
-        for run in runs[label]:
-            run["extra_cpu_us_per_message"] = per_message(run, "extra_cpu_seconds")
     summary = {
         label: {
             "messages_per_second": median(label, "messages_per_second"),
