@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from prometheus_client.parser import text_string_to_metric_families
+
 
 @dataclass
 class Answer:
@@ -137,6 +139,13 @@ def native(url, method, target, body=None, content_type=b"text/plain", timeout=1
         request += b"Content-Length: %d\r\nContent-Type: %s\r\n" % (len(body), content_type)
     request += b"\r\n" + (body or b"")
     return parse_answer(native_raw(url, request, timeout))
+
+
+def metric_samples(url, name):
+    """[(labels, value)] of the samples called name in the server's /metrics."""
+    text = native(url, "GET", "/metrics").body.decode()
+    return [(s.labels, s.value) for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == name]
 
 
 def parked_waits_become(url, count, timeout=5):

@@ -14,9 +14,9 @@ import sys
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, start_pcsignal
+from httpclients import metric_samples
 from pcsignal.bench import signaling as bench
 from pcsignal.protocol import parse_entries
 
@@ -171,10 +171,8 @@ def test_relay_second_url_is_for_a_single_relay(capsys):
 
 def gc_collections(url):
     """The server's python_gc_collections_total, by generation."""
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    return {s.labels["generation"]: s.value for f in text_string_to_metric_families(text)
-            for s in f.samples if s.name == "python_gc_collections_total"}
+    return {labels["generation"]: value
+            for labels, value in metric_samples(url, "python_gc_collections_total")}
 
 
 def test_a_storm_costs_the_server_few_garbage_collections(run_twistd, redis_server):

@@ -16,12 +16,11 @@ import threading
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import LISTENING, REDIS_UP, TwistdProcess, start_pcsignal
 from deploy_support import write_certificate_chain
-from httpclients import (Peer, address, native, parked_waits_become, read_answer, read_to_end,
-                         reset)
+from httpclients import (Peer, address, metric_samples, native, parked_waits_become, read_answer,
+                         read_to_end, reset)
 from pcsignal.settle import QUIET_SECONDS
 
 MAX_BODY = 256 * 1024
@@ -51,13 +50,8 @@ def url(pcsignal_backend):
 
 def settled(url):
     """{(outcome, evidence): count} from /metrics."""
-    counts = {}
-    for family in text_string_to_metric_families(native(url, "GET", "/metrics").body.decode()):
-        if family.name == "pcsignal_deliveries_settled":
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    counts[sample.labels["outcome"], sample.labels["evidence"]] = sample.value
-    return counts
+    return {(labels["outcome"], labels["evidence"]): value
+            for labels, value in metric_samples(url, "pcsignal_deliveries_settled_total")}
 
 
 def moved(before, after):

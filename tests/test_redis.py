@@ -17,10 +17,9 @@ import threading
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import LISTENING, REDIS_UP, LoggedProcess, TwistdProcess
-from httpclients import address, native, read_answer
+from httpclients import address, metric_samples, native, read_answer
 from pcsignal.channel.redis import load_scripts
 from redis_support import Haproxy, RedisServer, free_port
 from test_bench import run_bench
@@ -379,11 +378,8 @@ def test_a_relayed_message_costs_one_script(redis_server, instances):
 
 
 def scripts_run(url, script):
-    for family in text_string_to_metric_families(native(url, "GET", "/metrics").body.decode()):
-        for sample in family.samples:
-            if sample.name == "pcsignal_redis_scripts_total" and sample.labels["script"] == script:
-                return sample.value
-    return 0
+    return next((value for labels, value in metric_samples(url, "pcsignal_redis_scripts_total")
+                 if labels["script"] == script), 0)
 
 
 def test_bench_relay_across_two_instances(redis_server, instances):
