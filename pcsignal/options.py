@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from urllib.parse import urlsplit
 
 from twisted.python import usage
 
@@ -85,29 +84,6 @@ def writable_file(path: str) -> str:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise BadValue("directory %s is not writable" % (directory,))
     return path
-
-
-def redis_url(text: str) -> str:
-    """redis://[user:password@]host[:port][/db], rediss://... or unix:///path/to.sock."""
-    try:
-        url = urlsplit(text)
-        url.port  # raises ValueError when out of range or not a number
-    except ValueError as e:
-        raise BadValue("must be a Redis URL such as redis://localhost:6379/0, not %r (%s)"
-                       % (text, e))
-    if url.scheme in ("redis", "rediss"):
-        if not url.hostname:
-            raise BadValue("must name a host, as in redis://localhost:6379/0, not %r" % (text,))
-        database = url.path.lstrip("/")
-        if database and not database.isdigit():
-            raise BadValue("must end in a database number (/0), not %r" % (text,))
-    elif url.scheme == "unix":
-        if not url.path:
-            raise BadValue("must name a socket, as in unix:///run/redis/redis.sock, not %r"
-                           % (text,))
-    else:
-        raise BadValue("must be a redis://, rediss:// or unix:// URL, not %r" % (text,))
-    return text
 
 
 def log_level(text: str) -> str:

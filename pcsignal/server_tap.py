@@ -107,7 +107,8 @@ class Options(CheckedOptions):
          "pcsignal raises to its hard limit at start.", positive_int],
         ["redis", None, None, "Keep peers, mailboxes and liveness in this Redis, shared "
          "with every pcsignal on it: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], "
-         "rediss://... (TLS), unix:///PATH[?db=N&password=P] or a socket path. Default: "
+         "rediss://...[?ssl_ca_certs=PEM&ssl_certfile=PEM&ssl_keyfile=PEM] (TLS), "
+         "unix:///PATH[?db=N&password=P] or a socket path. Default: "
          "in this process's memory.", parse_redis_url],
         ["redis-prefix", None, "pcsignal:", "Prefix of every Redis key and channel, so "
          "several deployments can share one Redis."],

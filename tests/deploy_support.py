@@ -181,6 +181,32 @@ def write_certificate_chain(directory):
     return root.public_bytes(pem), cert
 
 
+def write_mutual_tls(directory, name="tls"):
+    """
+    A CA, a server certificate for localhost and 127.0.0.1 and a client
+    certificate, both signed by it, as PEM files in directory/name: ca.pem,
+    server.pem, server.key, client.pem, client.key.  Returns that directory.
+    """
+    where = os.path.join(str(directory), name)
+    os.makedirs(where)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("%s test CA" % name, ca_key, "%s test CA" % name, ca_key, True)
+    pem = serialization.Encoding.PEM
+    files = {"ca.pem": ca.public_bytes(pem)}
+    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    for role, subject in (("server", "localhost"), ("client", "pcsignal")):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(subject, key, "%s test CA" % name, ca_key, False,
+                            san if role == "server" else None)
+        files[role + ".pem"] = cert.public_bytes(pem)
+        files[role + ".key"] = key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    for filename, data in files.items():
+        with open(os.path.join(where, filename), "wb") as f:
+            f.write(data)
+    return where
+
+
 # -- one signaling exchange ----------------------------------------------------
 
 

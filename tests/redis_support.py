@@ -4,7 +4,9 @@ Real redis-server and HAProxy processes for the tests, on free loopback ports.
 ``RedisServer(directory)`` runs Debian's ``redis-server`` with its data
 (append-only file) in ``directory``, so ``stop()`` then ``start()`` is a
 restart that keeps what was written; ``password=`` requires AUTH,
-``unix=True`` listens on a socket in ``directory`` instead of TCP.
+``unix=True`` listens on a socket in ``directory`` instead of TCP,
+``tls=True`` on TLS only, asking clients for a certificate (Redis's
+default), with a CA and certificates made in ``directory/tls``.
 ``cli(*args)`` runs ``redis-cli`` against it.  ``Haproxy`` balances over
 pcsignal instances with the shipped example configuration.
 """
@@ -16,6 +18,7 @@ import subprocess
 import time
 
 from conftest import LoggedProcess
+from deploy_support import write_mutual_tls
 
 REDIS_SERVER = "/usr/bin/redis-server"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,12 +31,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory, password=None, unix=False, appendonly=True):
+    def __init__(self, directory, password=None, unix=False, appendonly=True, tls=False):
         self.directory = str(directory)
         self.password = password
         self.socket = os.path.join(self.directory, "redis.sock") if unix else None
         self.port = None if unix else free_port()
         self.appendonly = appendonly
+        self.tls = write_mutual_tls(self.directory) if tls else None
         self.process = None
 
     @property
@@ -42,6 +46,9 @@ class RedisServer:
             return "unix://%s" % (self.socket,) + (
                 "?password=%s" % self.password if self.password else "")
         auth = ":%s@" % (self.password,) if self.password else ""
+        if self.tls:
+            return ("rediss://%s127.0.0.1:%d/0?ssl_ca_certs=%s/ca.pem&ssl_certfile=%s/client.pem"
+                    "&ssl_keyfile=%s/client.key" % (auth, self.port, *(self.tls,) * 3))
         return "redis://%s127.0.0.1:%d/0" % (auth, self.port)
 
     def start(self):
@@ -51,6 +58,11 @@ class RedisServer:
                 "--maxmemory-policy", "noeviction"]
         if self.socket:
             args += ["--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700"]
+        elif self.tls:
+            args += ["--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+                     "--tls-cert-file", os.path.join(self.tls, "server.pem"),
+                     "--tls-key-file", os.path.join(self.tls, "server.key"),
+                     "--tls-ca-cert-file", os.path.join(self.tls, "ca.pem")]
         else:
             args += ["--port", str(self.port), "--bind", "127.0.0.1"]
         if self.password:
@@ -66,6 +78,10 @@ class RedisServer:
 
     def cli(self, *args) -> str:
         where = ["-s", self.socket] if self.socket else ["-h", "127.0.0.1", "-p", str(self.port)]
+        if self.tls:
+            where += ["--tls", "--cacert", os.path.join(self.tls, "ca.pem"),
+                      "--cert", os.path.join(self.tls, "client.pem"),
+                      "--key", os.path.join(self.tls, "client.key")]
         env = dict(os.environ, REDISCLI_AUTH=self.password) if self.password else None
         out = subprocess.run(["redis-cli", *where, *args], capture_output=True, text=True,
                              timeout=30, env=env)

@@ -12,9 +12,9 @@ from pcsignal.options import (
     port_number,
     positive_float,
     positive_int,
-    redis_url,
     writable_file,
 )
+from pcsignal.channel.redis_link import RedisAddress, parse_redis_url
 
 
 class Example(Options):
@@ -57,27 +57,62 @@ def test_the_checks_work_with_argparse_too():
         parser.parse_args(["--rate", "-1"])
 
 
-@pytest.mark.parametrize("url", [
-    "redis://localhost:6379/0", "redis://localhost", "rediss://user:pw@redis.example.org:6380/2",
-    "redis://[::1]:6379", "unix:///run/redis/redis.sock",
+@pytest.mark.parametrize("url, address", [
+    ("redis://localhost:6379/0", RedisAddress(host="localhost")),
+    ("redis://localhost", RedisAddress(host="localhost")),
+    ("rediss://user:p%40ss@redis.example.org:6380/2",
+     RedisAddress(host="redis.example.org", port=6380, tls=True, db=2, username="user",
+                  password="p@ss")),
+    ("redis://:secret@[::1]:6379", RedisAddress(host="::1", password="secret")),
+    ("unix:///run/redis/redis.sock?db=3&password=pw",
+     RedisAddress(path="/run/redis/redis.sock", db=3, password="pw")),
+    ("/run/redis/redis.sock", RedisAddress(path="/run/redis/redis.sock")),
 ])
-def test_redis_urls_accepted(url):
-    assert redis_url(url) == url
+def test_redis_urls_accepted(url, address):
+    parsed = parse_redis_url(url)
+    assert parsed == address
+    assert (parsed.tls_options is not None) == parsed.tls
 
 
 @pytest.mark.parametrize("url, problem", [
-    ("localhost:6379", "must be a redis://, rediss:// or unix:// URL"),
-    ("http://localhost:6379", "must be a redis://, rediss:// or unix:// URL"),
-    ("redis://localhost:99999/0", "must be a Redis URL such as"),
-    ("redis://localhost:port/0", "must be a Redis URL such as"),
-    ("redis:///0", "must name a host"),
-    ("redis://localhost/zero", "must end in a database number"),
-    ("unix://", "must name a socket"),
+    ("localhost:6379", "must start with redis://, rediss:// or unix://"),
+    ("http://localhost:6379", "must start with redis://, rediss:// or unix://"),
+    ("redis://localhost:99999/0", "is not a Redis URL"),
+    ("redis://localhost:port/0", "is not a Redis URL"),
+    ("redis:///0", "needs a host"),
+    ("redis://localhost/zero", "has a database number that is not a number"),
+    ("unix://", "needs a socket path"),
+    ("unix:///run/redis.sock?database=1", "has a parameter unix:// does not take: 'database'"),
+    ("redis://localhost?ssl_ca_certs=/etc/ca.pem", "takes ssl_ca_certs only with rediss://"),
+    ("rediss://localhost?ssl_ca=/etc/ca.pem", "has a parameter rediss:// does not take"),
+    ("rediss://localhost?ssl_ca_certs=/nonexistent/ca.pem",
+     "ssl_ca_certs: cannot read /nonexistent/ca.pem (No such file or directory)"),
+    ("rediss://localhost?ssl_keyfile=/etc/key.pem", "ssl_keyfile needs ssl_certfile"),
 ])
 def test_redis_urls_refused(url, problem):
     with pytest.raises(BadValue) as raised:
-        redis_url(url)
-    assert str(raised.value).startswith(problem)
+        parse_redis_url(url)
+    assert str(raised.value).startswith(problem), str(raised.value)
+
+
+def test_redis_tls_files_are_checked_at_start(tmp_path):
+    """A CA file without a certificate, or a certificate with another's key, is refused."""
+    from deploy_support import write_certificate_chain
+
+    write_certificate_chain(str(tmp_path))
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate\n")
+    with pytest.raises(BadValue, match="holds no PEM certificate"):
+        parse_redis_url("rediss://localhost?ssl_ca_certs=%s" % (not_pem,))
+    other = tmp_path / "other"
+    other.mkdir()
+    write_certificate_chain(str(other))
+    with pytest.raises(BadValue, match="not a certificate and its private key"):
+        parse_redis_url("rediss://localhost?ssl_certfile=%s/cert.pem&ssl_keyfile=%s/privkey.pem"
+                        % (tmp_path, other))
+    good = parse_redis_url("rediss://localhost?ssl_ca_certs=%s/chain.pem&ssl_certfile=%s/cert.pem"
+                           "&ssl_keyfile=%s/privkey.pem" % (tmp_path, tmp_path, tmp_path))
+    assert good.tls and good.tls_options is not None
 
 
 def test_writable_file(tmp_path):

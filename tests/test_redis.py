@@ -2,7 +2,8 @@
 Several ``twistd pcsignal --redis`` processes on one real redis-server, and
 HAProxy in front of them: presence and ordered delivery across instances,
 ``kill -9`` of an instance, a restart of every instance, Redis stopped and
-started under a parked wait, a password-protected Redis, a unix socket, the
+started under a parked wait, a password-protected Redis, a unix socket, TLS
+with client certificates (and a certificate from the wrong CA), the
 Redis round trips a relayed message costs, and WebSocket peers on one
 instance with hanging-GET peers on another (resume included).
 """
@@ -19,6 +20,7 @@ import time
 import pytest
 
 from conftest import LISTENING, REDIS_UP, LoggedProcess, TwistdProcess
+from deploy_support import write_mutual_tls
 from httpclients import address, metric_samples, native, read_answer
 from pcsignal.channel.redis import load_scripts
 from redis_support import Haproxy, RedisServer, free_port
@@ -34,7 +36,8 @@ class Instance:
     restarts): ``port`` for clients, ``proxy_port`` for HAProxy (PROXY protocol).
     """
 
-    def __init__(self, redis_url, prefix, *args, port=None):
+    def __init__(self, redis_url, prefix, *args, port=None, env=None):
+        self.env = env
         self.port = port or free_port()
         self.proxy_port = free_port()
         self.argv = ["--listen", "tcp:%d:interface=127.0.0.1" % self.port,
@@ -48,7 +51,7 @@ class Instance:
         return "http://127.0.0.1:%d" % (self.port,)
 
     def start(self):
-        self.process = TwistdProcess("pcsignal", self.argv)
+        self.process = TwistdProcess("pcsignal", self.argv, self.env)
         self.processes.append(self.process)
         self.process.wait_for_log(LISTENING)
         self.process.wait_for_log(REDIS_UP)
@@ -306,6 +309,57 @@ def test_unix_socket(instances, tmp_path):
         assert wait(x.url, alice).body == b"hi"
     finally:
         redis.stop()
+
+
+def test_tls_with_a_client_certificate(instances, tmp_path):
+    """rediss:// to a Redis that asks for client certificates: two instances share peers over it."""
+    redis = RedisServer(tmp_path, tls=True).start()
+    try:
+        x = instances(redis.url, "pcsignal:")
+        # The other as under systemd with LoadCredential=: relative names.
+        y = instances(redis.url.replace(redis.tls + "/", ""), "pcsignal:",
+                      env={"CREDENTIALS_DIRECTORY": redis.tls})
+        x.process.wait_for_log(r"Redis link up: TLS 127\.0\.0\.1:%d db 0" % redis.port)
+        alice, _ = sign_in(x.url, "alice")
+        bob, listing = sign_in(y.url, "bob")
+        assert listing == b"bob,%d,1\nalice,%d,1\n" % (bob, alice)
+        assert send(y.url, bob, alice, b"over TLS").status == 200
+        assert wait(x.url, alice).body == b"bob,%d,1\n" % bob
+        assert wait(x.url, alice).body == b"over TLS"
+        # Both links of both instances are TLS connections with our client certificate.
+        clients = redis.cli("CLIENT", "LIST")
+        assert len(re.findall(r"cmd=(?:evalsha|subscribe|ping)", clients)) >= 4, clients
+    finally:
+        redis.stop()
+
+
+@pytest.mark.parametrize("mistake", ["CA that did not sign Redis's certificate",
+                                     "no client certificate"])
+def test_tls_refusals_are_retried_and_said_once(tmp_path, mistake):
+    """Either side refuses the other's certificate: 503, one log line saying why, retries."""
+    redis = RedisServer(tmp_path, tls=True).start()
+    if mistake == "no client certificate":
+        url, why = redis.url.split("&ssl_certfile")[0], r"certificate required"
+    else:
+        stranger = write_mutual_tls(tmp_path, "stranger")
+        url, why = redis.url.replace(redis.tls + "/ca.pem", stranger + "/ca.pem"), \
+            r"certificate verify failed"
+    x = TwistdProcess("pcsignal", ["--listen", "tcp:0:interface=127.0.0.1", "--redis", url])
+    try:
+        web = "http://127.0.0.1:%s" % x.wait_for_log(LISTENING).group("port")
+        x.wait_for_log(r"Redis at TLS 127\.0\.0\.1:%d db 0 not reachable \(.*%s"
+                       % (redis.port, why))
+        refused = native(web, "GET", "/sign_in?alice")
+        assert (refused.status, refused.body) == (503, UNAVAILABLE)
+        assert native(web, "GET", "/healthz").status == 503
+        # Retried with back-off (Redis logs each refusal), and said once.
+        until(lambda: len(re.findall(r"Error accepting a client connection",
+                                     redis.process.output())) >= 4)
+        assert len(re.findall(r"not reachable|Redis link down", x.output())) == 1, x.output()
+    finally:
+        assert x.stop() in (0, -15)
+        redis.stop()
+    assert "Traceback" not in x.output(), x.output()
 
 
 def test_a_relayed_message_costs_one_script(redis_server, instances):

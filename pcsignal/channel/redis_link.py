@@ -2,8 +2,13 @@
 The link to Redis under RedisChannel: an address, and two connections kept up.
 
 - ``parse_redis_url`` reads ``--redis``: ``redis://[[user]:password@]host[:port][/db]``,
-  ``rediss://`` (TLS, the host's certificate checked against the system's CAs),
+  ``rediss://`` (TLS: the host's certificate checked against the system's
+  CAs, or those in ``?ssl_ca_certs=FILE``; ``ssl_certfile`` and
+  ``ssl_keyfile`` give the client certificate a Redis with
+  ``tls-auth-clients yes`` asks for; redis-py's names; a relative file name
+  is looked up in systemd's ``$CREDENTIALS_DIRECTORY`` if set),
   ``unix:///path/redis.sock[?db=N&password=P]`` or a bare socket path.
+  Certificate files are read once, at start: a bad one is an error then.
 - ``RedisLink`` keeps one connection for commands and one for pub/sub (a
   subscribed connection can send nothing else), on txredisapi's protocols but
   with our own connecting: AUTH and SELECT are sent by us, so a refused one
@@ -19,8 +24,9 @@ The link to Redis under RedisChannel: an address, and two connections kept up.
 from __future__ import annotations
 
 import collections
+import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -28,7 +34,12 @@ import txredisapi
 from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import (
+    Certificate,
+    PrivateCertificate,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
 
 from pcsignal import logs
 from pcsignal.channel import StoreUnavailable
@@ -50,19 +61,29 @@ class RedisAddress:
     db: int = 0
     username: Optional[str] = None
     password: Optional[str] = None
+    # With tls: the client's TLS settings, certificates loaded (client_tls()).
+    tls_options: object = field(default=None, compare=False, repr=False)
 
     def endpoint(self, reactor, timeout: float):
         if self.path is not None:
             return UNIXClientEndpoint(reactor, self.path, timeout=timeout)
         endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
         if self.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
+            endpoint = wrapClientTLS(self.tls_options, endpoint)
         return endpoint
 
     def __str__(self):
         """For logs: never the password."""
         where = self.path if self.path is not None else "%s:%d" % (self.host, self.port)
         return "%s%s db %d" % ("TLS " if self.tls else "", where, self.db)
+
+
+# The query parameters each scheme takes.
+_PARAMETERS = {
+    "unix": ("db", "password"),
+    "redis": (),
+    "rediss": ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"),
+}
 
 
 def parse_redis_url(text: str) -> RedisAddress:
@@ -72,9 +93,17 @@ def parse_redis_url(text: str) -> RedisAddress:
     try:
         url = urlsplit(text)
         port = url.port
+        query = parse_qs(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
     except ValueError as e:
         raise BadValue("is not a Redis URL (%s): %r" % (e, text))
-    query = parse_qs(url.query)
+    if url.scheme in _PARAMETERS:
+        for name in query:
+            if name not in _PARAMETERS[url.scheme]:
+                if name.startswith("ssl_") and url.scheme == "redis":
+                    raise BadValue("takes %s only with rediss:// (TLS), not in %r"
+                                   % (name, text))
+                raise BadValue("has a parameter %s:// does not take: %r (it takes %s)" % (
+                    url.scheme, name, ", ".join(_PARAMETERS[url.scheme]) or "none"))
     db_text = url.path.lstrip("/") if url.scheme != "unix" else query.get("db", ["0"])[0]
     if url.scheme == "unix":
         if not url.path:
@@ -87,14 +116,63 @@ def parse_redis_url(text: str) -> RedisAddress:
                        "path, not %r" % (text,))
     if not url.hostname:
         raise BadValue("needs a host, as in redis://localhost:6379/0, not %r" % (text,))
+    tls = url.scheme == "rediss"
     return RedisAddress(
         host=url.hostname,
         port=port or 6379,
-        tls=url.scheme == "rediss",
+        tls=tls,
         db=_db(db_text, text),
         username=unquote(url.username) if url.username else None,
         password=unquote(url.password) if url.password is not None else None,
+        tls_options=client_tls(url.hostname, *(query.get(name, [None])[0] for name in
+                                               _PARAMETERS["rediss"])) if tls else None,
     )
+
+
+def client_tls(host: str, ca_file: Optional[str], cert_file: Optional[str],
+               key_file: Optional[str]):
+    """
+    TLS settings for a connection to host: its certificate checked against
+    ca_file's certificates (PEM, one or more) or else the system's; with
+    cert_file, that client certificate (key_file, or in cert_file itself).
+    """
+    trust = None
+    if ca_file is not None:
+        pem = _read(ca_file, "ssl_ca_certs")
+        blocks = [b"-----BEGIN CERTIFICATE-----" + block
+                  for block in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+        if not blocks:
+            raise BadValue("ssl_ca_certs: %s holds no PEM certificate" % (ca_file,))
+        try:
+            trust = trustRootFromCertificates([Certificate.loadPEM(b) for b in blocks])
+        except Exception as e:
+            raise BadValue("ssl_ca_certs: %s is not a PEM certificate file (%s)" % (ca_file, e))
+    client = None
+    if cert_file is not None:
+        pem = _read(cert_file, "ssl_certfile")
+        if key_file is not None:
+            pem += b"\n" + _read(key_file, "ssl_keyfile")
+        try:
+            client = PrivateCertificate.loadPEM(pem)
+        except Exception as e:
+            raise BadValue("ssl_certfile %s with ssl_keyfile %s: not a certificate and its "
+                           "private key in PEM (%s)" % (cert_file, key_file or cert_file, e))
+    elif key_file is not None:
+        raise BadValue("ssl_keyfile needs ssl_certfile, the certificate it belongs to")
+    return optionsForClientTLS(host, trustRoot=trust, clientCertificate=client)
+
+
+def _read(path: str, name: str) -> bytes:
+    # A relative name is a systemd credential (LoadCredential=) when there
+    # are any: one options file then serves every instance of a template.
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and not os.path.isabs(path):
+        path = os.path.join(credentials, path)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise BadValue("%s: cannot read %s (%s)" % (name, path, e.strerror))
 
 
 def _db(db_text: str, text: str) -> int:
@@ -106,8 +184,8 @@ def _db(db_text: str, text: str) -> int:
 
 
 parse_redis_url.coerceDoc = (
-    "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://... for TLS, or a unix "
-    "socket path.")
+    "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://... for TLS (with "
+    "?ssl_ca_certs=, &ssl_certfile=, &ssl_keyfile=), or a unix socket path.")
 
 
 def unavailable(failure):
@@ -151,6 +229,8 @@ class _Commands(txredisapi.RedisProtocol):
         return self.replyQueue.get().addCallback(self.handle_reply)
 
     def connectionLost(self, why):
+        if self.keeper is not None:
+            self.keeper.unready(self, why)
         txredisapi.RedisProtocol.connectionLost(self, why)
         if self.keeper is not None:
             self.keeper.lost(self, why)
@@ -168,6 +248,8 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.keeper.link.on_message(message)
 
     def connectionLost(self, why):
+        if self.keeper is not None:
+            self.keeper.unready(self, why)
         txredisapi.SubscriberProtocol.connectionLost(self, why)
         if self.keeper is not None:
             self.keeper.lost(self, why)
@@ -273,6 +355,15 @@ class _Keeper:
         self.reason = failure.getErrorMessage() or failure.type.__name__
         self.link.changed(failed=True)
         self._schedule()
+
+    def unready(self, proto, why):
+        """
+        Lost before it was ready: the handshake fails with why (a TLS
+        refusal, say), not with the "Lost connection" its commands get next.
+        """
+        handshake = getattr(proto, "handshake", None)
+        if handshake is not None and not handshake.called:
+            handshake.errback(why)
 
     def lost(self, proto, why):
         proto.keeper = None
