@@ -2,7 +2,8 @@
 Several ``twistd pcsignal --redis`` processes on one real redis-server, and
 HAProxy in front of them: presence and ordered delivery across instances,
 ``kill -9`` of an instance, a restart of every instance, Redis stopped and
-started under a parked wait, a password-protected Redis, a unix socket, TLS
+started under a parked wait, the pub/sub connection alone kept down, a
+password-protected Redis, a unix socket, TLS
 with client certificates (and a certificate from the wrong CA), the
 Redis round trips a relayed message costs, and WebSocket peers on one
 instance with hanging-GET peers on another (resume included).
@@ -292,6 +293,57 @@ def test_refused_auth_is_retried_until_accepted(instances, tmp_path):
         x.process.wait_for_log(REDIS_UP, after=mark)
         assert native(x.url, "GET", "/sign_out?peer_id=%d" % alice).status == 200, \
             x.process.output()
+    finally:
+        redis.stop()
+
+
+def test_pub_sub_link_down_alone_fails_healthz(instances, tmp_path):
+    """
+    Centrifugo's known failure, not repeated: the pub/sub connection cannot
+    come back (its user may no longer SUBSCRIBE) while commands still work.
+    Deliveries from other instances would be lost, so /healthz fails and
+    requests answer 503 until it is back; a message sent across instances
+    before and after arrives.
+    """
+    redis = RedisServer(tmp_path).start()
+    try:
+        redis.cli("ACL", "SETUSER", "pcsignal", "on", ">pw", "~*", "&*", "+@all")
+        url = redis.url.replace("redis://", "redis://pcsignal:pw@")
+        x = instances(url, "pcsignal:")
+        y = instances(url, "pcsignal:")
+        alice, _ = sign_in(x.url, "alice")
+        bob, _ = sign_in(y.url, "bob")
+        assert wait(x.url, alice).body == b"bob,%d,1\n" % bob
+        got = {}
+        t = threading.Thread(target=lambda: got.setdefault("item", wait(x.url, alice, 60)))
+        t.start()
+        parked(x.url, 1)
+
+        redis.cli("ACL", "SETUSER", "pcsignal", "-subscribe")
+        redis.cli("CLIENT", "KILL", "USER", "pcsignal", "TYPE", "pubsub")
+        x.process.wait_for_log(r"Redis link down \(pub/sub: ")
+        y.process.wait_for_log(r"Redis link down \(pub/sub: ")
+        # Only pub/sub is down: both command connections are still there.
+        commands = redis.cli("CLIENT", "LIST", "TYPE", "normal")
+        assert commands.count("user=pcsignal") == 2, commands
+        for z in (x, y):
+            health = native(z.url, "GET", "/healthz")
+            assert health.status == 503 and health.body.startswith(b"unavailable: Redis"), \
+                health.body
+            refused = native(z.url, "GET", "/sign_in?carol")
+            assert (refused.status, refused.body) == (503, UNAVAILABLE)
+        # /healthz says why, as it stands after each new try.
+        until(lambda: b"NOPERM" in native(x.url, "GET", "/healthz").body)
+
+        mark = len(x.process.lines)
+        redis.cli("ACL", "SETUSER", "pcsignal", "+subscribe")
+        x.process.wait_for_log(REDIS_UP, after=mark)
+        y.process.wait_for_log(REDIS_UP, after=mark)
+        assert native(x.url, "GET", "/healthz").status == 200
+        assert send(y.url, bob, alice, b"across, after").status == 200
+        t.join(10)
+        assert got["item"].body == b"across, after"
+        assert len(re.findall(r"Redis link down", x.process.output())) == 1, x.process.output()
     finally:
         redis.stop()
 
