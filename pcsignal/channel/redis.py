@@ -381,6 +381,13 @@ class RedisChannel:
         def done(r):
             if r[0] and self.metrics:
                 self.metrics.requeued.inc(r[0])
+            if (not r[1] and reg is not None and self._regs.get(peer_id) is reg
+                    and reg.serial == serial and reg.waiter is None):
+                # Its waits go to another instance since (a resume there,
+                # say, whose news is still on its way): the next wait here
+                # registers afresh instead of parking on what is stale, and
+                # that news, when it comes, finds nothing of it.
+                self._drop(peer_id, reg)
 
         return self._run("requeue", peer_id, serial,
                          reg.gen if reg is not None else 0).addCallback(done)

@@ -366,11 +366,9 @@ class _Keeper:
             handshake.errback(why)
 
     def lost(self, proto, why):
+        """Lost once ready (unready() has failed a handshake still under way)."""
         proto.keeper = None
-        handshake = getattr(proto, "handshake", None)
-        if handshake is not None and not handshake.called:
-            handshake.errback(why)
-        elif proto is self.proto:
+        if proto is self.proto:
             self.proto = None
             self.reason = getattr(proto, "dropped", None) or \
                 "connection lost: %s" % (why.getErrorMessage(),)
