@@ -6,12 +6,13 @@ here on purpose by holding back what one instance hears over pub/sub.
 
 import secrets
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
-from pcsignal.channel import Limits
+from pcsignal.channel import Limits, UnknownPeer
 from pcsignal.channel.redis import RedisChannel
 from pcsignal.channel.redis_link import parse_redis_url
 
@@ -101,6 +102,29 @@ async def test_resume_back_before_the_news_of_the_first_resume(redis_server):
         await instances.settle()
         delivery = await on_a
         assert (delivery.item.sender, delivery.item.body) == (other, b"still there?")
+    finally:
+        for channel in (a, b):
+            await channel.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_requeue_of_a_peer_signed_out_on_another_instance(redis_server):
+    """The socket of a peer closes on A after B signed it out: nothing to give back, no error."""
+    instances = Instances(redis_server)
+    a, b = instances.start(), instances.start()
+    try:
+        peer = (await a.sign_in(b"peer")).peer_id
+        parked = a.wait(peer, WINDOW)
+        parked.addErrback(lambda f: f.trap(CancelledError))
+        await instances.settle()
+        held = HeldBack(a)  # A has not heard of the sign-out when the socket closes
+        await b.sign_out(peer)
+        parked.cancel()
+        assert await a.requeue(peer) is None
+        held.release()
+        await instances.settle()
+        with pytest.raises(UnknownPeer):
+            await a.wait(peer, WINDOW)
     finally:
         for channel in (a, b):
             await channel.close()

@@ -6,7 +6,7 @@
 -- serial), 0 if they go elsewhere now (news of that may still be on its way).
 local id = arg(1)
 local p = pk(id)
-if call('EXISTS', p) == 0 then return reply(0) end
+if call('EXISTS', p) == 0 then return reply(0, 0) end
 local moved = 0
 if call('HGET', p, 'holder') == S then moved = requeue_all(id) end
 local w = call('HGET', p, 'wait')
