@@ -17,6 +17,7 @@ import time
 from typing import Optional
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet import tcp, unix
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -93,6 +94,8 @@ MAX_HEADERS = 100  # header lines: beyond it, 431
 MAX_HEADER_NAME = 256
 # A Content-Length line longer than this announces more than 10^18 bytes.
 _LONGEST_LENGTH_LINE = len(b"Content-Length: ") + 18 + 64  # spaces allowed around the value
+# Connections send_now() may write to directly (not their subclasses).
+_SEND_NOW = (tcp.Server, unix.Server)
 def head(
     code: int,
     reason: bytes,
@@ -118,6 +121,30 @@ def head(
     lines.append(_CORS_LINES)
     lines.append(b"\r\n")
     return lines
+
+
+def send_now(transport, data: list) -> None:
+    """
+    Write data to a plain TCP or unix connection at once when nothing waits
+    to go before it, as asyncio's transports do; Twisted's would buffer it,
+    ask the reactor to watch the socket for writing, send it on the next
+    turn and stop watching: two epoll_ctl calls and a turn per answer.
+    Whatever the kernel does not take now, and every other transport (TLS,
+    the PROXY protocol's wrapper), goes the usual way.
+    """
+    if (type(transport) in _SEND_NOW and transport.connected and not transport.disconnecting
+            and not transport.TLS and not getattr(transport, "_writeDisconnected", True)
+            and getattr(transport, "_tempDataLen", 1) == 0
+            and len(transport.dataBuffer) == transport.offset):
+        payload = b"".join(data)
+        try:
+            sent = transport.socket.send(payload)
+        except OSError:
+            sent = 0  # the transport's own write meets the error and reports it
+        if sent < len(payload):
+            transport.write(payload[sent:])
+        return
+    transport.writeSequence(data)
 
 
 def respond(
@@ -285,7 +312,7 @@ class SignalingRequest(server.Request):
         """Write a whole answer, head included, prepared by respond()."""
         self.startedWriting = 1
         self.sentLength = length
-        self.channel.writeSequence(data)
+        send_now(self.channel.transport, data)
 
     def write(self, data):
         if not self.startedWriting and not self.responseHeaders.hasHeader(b"Access-Control-Allow-Origin"):

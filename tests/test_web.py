@@ -365,3 +365,94 @@ async def test_sign_ins_over_the_rate_get_429_with_retry_after(served):
     assert metric(site, "pcsignal_sign_in_rate_addresses") == 1
     # Everything but sign-in is unaffected.
     assert (await answer_to(port, b"GET /healthz HTTP/1.0\r\n\r\n")).body == b"ok 2 peers\n"
+
+
+class Sender(Protocol):
+    """The server side of one connection: send_now() is called on its transport."""
+
+    def __init__(self, connected):
+        self.connected_d = connected
+
+    def connectionMade(self):
+        self.connected_d.callback(self.transport)
+
+
+async def sending_pair(client_class=Collect):
+    """A real loopback connection: (server-side transport, client protocol, listening port)."""
+    from twisted.internet.protocol import Factory
+
+    connected = Deferred()
+    listening = reactor.listenTCP(0, Factory.forProtocol(lambda: Sender(connected)),
+                                  interface="127.0.0.1")
+    client = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", listening.getHost().port), client_class())
+    transport = await connected
+    return transport, client, listening
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_now_writes_at_once_without_watching_the_socket():
+    from pcsignal.web import send_now
+
+    transport, client, listening = await sending_pair()
+    try:
+        send_now(transport, [b"HTTP/1.1 200 OK\r\n", b"\r\n"])
+        # Handed to the kernel already: nothing buffered, no write event asked for.
+        assert transport not in reactor.getWriters()
+        assert transport.dataBuffer == b"" and not transport._tempDataBuffer
+        transport.loseConnection()
+        assert await client.closed == b"HTTP/1.1 200 OK\r\n\r\n"
+    finally:
+        await listening.stopListening()
+
+
+class Counted(Collect):
+    """Collect, and fire ``until(n)`` once n bytes have come."""
+
+    def __init__(self):
+        super().__init__()
+        self.count, self.waiting = 0, []
+
+    def dataReceived(self, data):
+        super().dataReceived(data)
+        self.count += len(data)
+        for n, d in [w for w in self.waiting if w[0] <= self.count]:
+            self.waiting.remove((n, d))
+            d.callback(None)
+
+    def until(self, n):
+        d = Deferred()
+        self.waiting.append((n, d))
+        self.dataReceived(b"")
+        return d
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_now_keeps_order_behind_buffered_bytes_and_a_full_socket():
+    import socket
+
+    from pcsignal.web import send_now
+
+    transport, client, listening = await sending_pair(Counted)
+    try:
+        # Bytes the transport still holds go first.
+        transport.write(b"first ")
+        send_now(transport, [b"second "])
+        assert transport in reactor.getWriters()
+        await client.until(len(b"first second "))
+        assert transport not in reactor.getWriters()
+        # More than the kernel takes at once, the client not reading: the
+        # rest waits in the transport, and what comes next goes behind it.
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        client.transport.pauseProducing()
+        big = bytes(range(256)) * 16384  # 4 MiB
+        send_now(transport, [big])
+        assert transport in reactor.getWriters()
+        assert len(transport.dataBuffer) + transport._tempDataLen > 0
+        send_now(transport, [b" last"])
+        client.transport.resumeProducing()
+        transport.loseConnection()
+        received = await client.closed
+        assert received == b"first second " + big + b" last"
+    finally:
+        await listening.stopListening()
