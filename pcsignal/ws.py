@@ -54,6 +54,7 @@ from pcsignal.web import (
     refusal,
     refuse_method,
     respond_error,
+    send_now,
     sign_in_limited,
 )
 
@@ -444,7 +445,7 @@ class SignalingSocket(WebSocketServerProtocol):
 
     def _send(self, payload: bytes) -> None:
         if self.state == _OPEN:
-            self.transport.write(_text_frame(payload))
+            send_now(self.transport, [_text_frame(payload)])
 
     def _serve(self, peer_id: int, last: int) -> None:
         self.peer_id = peer_id
@@ -487,7 +488,7 @@ class SignalingSocket(WebSocketServerProtocol):
                 data = '"data_base64":"' + base64.b64encode(body).decode("ascii") + '"'
             frame = ('{"type":"message","from":%d,%s,"n":%d}'
                      % (item.sender, data, n)).encode("ascii")
-        self.transport.write(_text_frame(frame))
+        send_now(self.transport, [_text_frame(frame)])
         self._written = n
         if self._ping_n is None:
             self._after_write()
