@@ -348,17 +348,22 @@ def test_pub_sub_link_down_alone_fails_healthz(instances, tmp_path):
         redis.stop()
 
 
+def shared_peers(x, y, body):
+    """alice on instance x and bob on y see each other, and bob's message reaches alice."""
+    alice, _ = sign_in(x.url, "alice")
+    bob, listing = sign_in(y.url, "bob")
+    assert listing == b"bob,%d,1\nalice,%d,1\n" % (bob, alice)
+    assert send(y.url, bob, alice, body).status == 200
+    assert wait(x.url, alice).body == b"bob,%d,1\n" % bob
+    assert wait(x.url, alice).body == body
+
+
 def test_unix_socket(instances, tmp_path):
     redis = RedisServer(tmp_path, unix=True).start()
     try:
         x = instances(redis.socket, "pcsignal:")
         y = instances("unix://" + redis.socket + "?db=0", "pcsignal:")
-        alice, _ = sign_in(x.url, "alice")
-        bob, listing = sign_in(y.url, "bob")
-        assert listing == b"bob,%d,1\nalice,%d,1\n" % (bob, alice)
-        assert send(y.url, bob, alice, b"hi").status == 200
-        assert wait(x.url, alice).body == b"bob,%d,1\n" % bob
-        assert wait(x.url, alice).body == b"hi"
+        shared_peers(x, y, b"hi")
     finally:
         redis.stop()
 
@@ -372,12 +377,7 @@ def test_tls_with_a_client_certificate(instances, tmp_path):
         y = instances(redis.url.replace(redis.tls + "/", ""), "pcsignal:",
                       env={"CREDENTIALS_DIRECTORY": redis.tls})
         x.process.wait_for_log(r"Redis link up: TLS 127\.0\.0\.1:%d db 0" % redis.port)
-        alice, _ = sign_in(x.url, "alice")
-        bob, listing = sign_in(y.url, "bob")
-        assert listing == b"bob,%d,1\nalice,%d,1\n" % (bob, alice)
-        assert send(y.url, bob, alice, b"over TLS").status == 200
-        assert wait(x.url, alice).body == b"bob,%d,1\n" % bob
-        assert wait(x.url, alice).body == b"over TLS"
+        shared_peers(x, y, b"over TLS")
         # Both links of both instances are TLS connections with our client certificate.
         clients = redis.cli("CLIENT", "LIST")
         assert len(re.findall(r"cmd=(?:evalsha|subscribe|ping)", clients)) >= 4, clients
