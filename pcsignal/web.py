@@ -96,6 +96,8 @@ MAX_HEADER_NAME = 256
 _LONGEST_LENGTH_LINE = len(b"Content-Length: ") + 18 + 64  # spaces allowed around the value
 # Connections send_now() may write to directly (not their subclasses).
 _SEND_NOW = (tcp.Server, unix.Server)
+
+
 def head(
     code: int,
     reason: bytes,
