@@ -141,11 +141,16 @@ def native(url, method, target, body=None, content_type=b"text/plain", timeout=1
     return parse_answer(native_raw(url, request, timeout))
 
 
+def scrape(url):
+    """Every sample of the server's /metrics: [(name, labels, value)]."""
+    text = native(url, "GET", "/metrics").body.decode()
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text)
+            for s in f.samples]
+
+
 def metric_samples(url, name):
     """[(labels, value)] of the samples called name in the server's /metrics."""
-    text = native(url, "GET", "/metrics").body.decode()
-    return [(s.labels, s.value) for f in text_string_to_metric_families(text)
-            for s in f.samples if s.name == name]
+    return [(labels, value) for sample, labels, value in scrape(url) if sample == name]
 
 
 def parked_waits_become(url, count, timeout=5):

@@ -16,11 +16,10 @@ import threading
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, TWISTD, LoggedProcess, start_pcsignal
 from deploy_support import write_certificate_chain
-from httpclients import native, parse_answer
+from httpclients import native, parse_answer, scrape
 
 INTERNAL = r"pcsignal internal listener \(metrics, health\) on 127\.0\.0\.1:(?P<port>\d+)"
 ENV = dict(os.environ, PYTHONPATH=ROOT)
@@ -35,8 +34,7 @@ def twistd_exit(*args):
 
 
 def metric_values(url):
-    text = native(url, "GET", "/metrics").body.decode()
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    return {name: value for name, _, value in scrape(url)}
 
 
 # -- errors a person can read -----------------------------------------------------

@@ -9,19 +9,17 @@ import threading
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, TWISTD, start_pcsignal
-from httpclients import native
+from httpclients import metric_samples, native
 
 pytestmark = pytest.mark.usefixtures("pcsignal_backend")
 
 
 def metric(url, name, labels=None):
-    for family in text_string_to_metric_families(native(url, "GET", "/metrics").body.decode()):
-        for sample in family.samples:
-            if sample.name == name and (labels is None or sample.labels == labels):
-                return sample.value
+    for sample_labels, value in metric_samples(url, name):
+        if labels is None or sample_labels == labels:
+            return value
     return None
 
 
