@@ -53,10 +53,11 @@ class RedisHarness:
         self.url = redis_server.url
         self.channels = []
 
-    def make(self, limits=LIMITS, new_id=None):
+    def make(self, limits=LIMITS, new_id=None, prefix=None):
+        """A channel under a prefix of its own, or under prefix: another instance of its."""
         channel = RedisChannel(self.clock, parse_redis_url(self.url), limits, new_id=new_id,
                                sequential=new_id is None,
-                               prefix="test:%s:" % secrets.token_hex(4))
+                               prefix=prefix or "test:%s:" % secrets.token_hex(4))
         self.channels.append(channel)
         return channel
 

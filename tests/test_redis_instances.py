@@ -8,35 +8,29 @@ import secrets
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
-from twisted.internet.task import Clock
 
-from pcsignal.channel import Limits, UnknownPeer
-from pcsignal.channel.redis import RedisChannel
-from pcsignal.channel.redis_link import parse_redis_url
+from pcsignal.channel import UnknownPeer
+from test_channel import RedisHarness
 
 WINDOW = 8  # a WebSocket's
 
 
-class Instances:
+class Instances(RedisHarness):
+    """The channel tests' Redis harness, its channels all under one prefix."""
+
     def __init__(self, redis_server):
-        self.address = parse_redis_url(redis_server.url)
+        super().__init__(redis_server)
         self.prefix = "test:%s:" % secrets.token_hex(4)
-        self.clock = Clock()
-        self.channels = []
 
     def start(self):
-        channel = RedisChannel(self.clock, self.address, Limits(peer_timeout=30),
-                               prefix=self.prefix, reactor=reactor)
-        self.channels.append(channel)
-        return channel
+        return self.make(prefix=self.prefix)
 
-    async def settle(self):
+    async def settle_all(self):
+        # Twice round: what one instance does may publish to the other.
         for _ in range(2):
             for channel in self.channels:
-                await channel.flush()
-                await channel.sync()
+                await self.settle(channel)
 
 
 class HeldBack:
@@ -70,13 +64,13 @@ async def test_resume_back_before_the_news_of_the_first_resume(redis_server):
         peer = (await a.sign_in(b"peer")).peer_id
         other = (await b.sign_in(b"other")).peer_id
         first = a.wait(peer, WINDOW)
-        await instances.settle()
+        await instances.settle_all()
         notified = await first
         await a.ack(peer, notified.n)
 
         # Parked on A; its socket closes.
         gone = a.wait(peer, WINDOW)
-        await instances.settle()
+        await instances.settle_all()
         gone.addErrback(lambda f: f.trap(CancelledError))
         gone.cancel()
         await a.requeue(peer)
@@ -95,16 +89,15 @@ async def test_resume_back_before_the_news_of_the_first_resume(redis_server):
         on_a = a.wait(peer, WINDOW)
         await a.flush()
         held.release()
-        await instances.settle()
+        await instances.settle_all()
 
         assert not on_a.called, "the live socket on A was answered: %r" % (on_a.result,)
         await b.post(other, peer, None, b"still there?")
-        await instances.settle()
+        await instances.settle_all()
         delivery = await on_a
         assert (delivery.item.sender, delivery.item.body) == (other, b"still there?")
     finally:
-        for channel in (a, b):
-            await channel.close()
+        await instances.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -116,15 +109,14 @@ async def test_requeue_of_a_peer_signed_out_on_another_instance(redis_server):
         peer = (await a.sign_in(b"peer")).peer_id
         parked = a.wait(peer, WINDOW)
         parked.addErrback(lambda f: f.trap(CancelledError))
-        await instances.settle()
+        await instances.settle_all()
         held = HeldBack(a)  # A has not heard of the sign-out when the socket closes
         await b.sign_out(peer)
         parked.cancel()
         assert await a.requeue(peer) is None
         held.release()
-        await instances.settle()
+        await instances.settle_all()
         with pytest.raises(UnknownPeer):
             await a.wait(peer, WINDOW)
     finally:
-        for channel in (a, b):
-            await channel.close()
+        await instances.close()
