@@ -43,8 +43,8 @@ class Collect(Protocol):
         self.closed.callback(b"".join(self.received))
 
 
-async def connect(port) -> Collect:
-    return await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Collect())
+async def connect(port, protocol=Collect) -> Collect:
+    return await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol())
 
 
 async def exchange(port, data: bytes, timeout=5.0) -> bytes:
@@ -384,8 +384,7 @@ async def sending_pair(client_class=Collect):
     connected = Deferred()
     listening = reactor.listenTCP(0, Factory.forProtocol(lambda: Sender(connected)),
                                   interface="127.0.0.1")
-    client = await connectProtocol(
-        TCP4ClientEndpoint(reactor, "127.0.0.1", listening.getHost().port), client_class())
+    client = await connect(listening.getHost().port, client_class)
     transport = await connected
     return transport, client, listening
 
